@@ -1,0 +1,3 @@
+from pkiform.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,397 @@
+"""Planning: config + state (+ what refresh observed) → a `Plan`, a plain value.
+
+The planner walks the resource graph in dependency order once per phase. Every resource
+exposes named outputs (a CA's ``cert`` trust bundle, its ``signing`` identity, a file's
+``content``); the state records a digest per output and, per resource, the digests of the
+dependency outputs it was built from. A resource changes when its own inputs changed, when a
+provider check says so (expiry, drift), when it was asked to be replaced, or when an output
+it depends on changes earlier in the same walk. That last rule is the whole cascade: nothing
+about certificates is special-cased here.
+
+A replacement can be phased: a provider may split it into steps (a CA: trust both, reissue,
+retire), each in its own phase and each changing only some of its outputs, so dependents
+react in the phase where what they use actually changes. The state records a rotation's
+progress, so an interrupted one resumes from its phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+from pkiform import graph as dag
+from pkiform.address import Address, Ref
+from pkiform.errors import PlanError
+from pkiform.model import Config, Host, ResourceSpec
+from pkiform.provider import (
+    ALL_OUTPUTS,
+    PHASE_DOCS,
+    PHASES,
+    Action,
+    Decision,
+    Observation,
+    PlanRequest,
+    Provider,
+    Registry,
+    ReplaceStep,
+)
+from pkiform.state.model import State
+
+ROTATION_KEY = "rotation"  # in a resource's public outputs while a phased replace is under way
+SINGLE_PHASE = "apply"
+
+
+@attrs.frozen
+class Change:
+    address: Address
+    action: Action
+    phase: str
+    reasons: tuple[str, ...]
+    kind: str
+    step: str | None = None
+    outputs: tuple[str, ...] = ()
+    spec: ResourceSpec | None = None  # what to build; None for deletes
+    dependencies: tuple[Ref, ...] = ()
+    order_after: tuple[Address, ...] = ()  # depends_on: ordering without data
+    summary: str = ""  # e.g. "/etc/kubernetes/pki/ca.crt on control-1"
+    rolling: str | None = None  # group key for one-at-a-time restarts
+    steps_total: tuple[str, ...] = ()  # every step of a phased replace, for the state record
+
+    @property
+    def host(self) -> str | None:
+        return self.address.host or (self.spec.host.name if self.spec and self.spec.host else None)
+
+
+@attrs.frozen
+class PhaseInfo:
+    name: str
+    description: str
+    outside: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Plan:
+    changes: tuple[Change, ...]
+    phases: tuple[PhaseInfo, ...]
+    lineage: str
+    serial: int
+    state_hash: str
+    mode: str
+    at: datetime
+    created: datetime
+    config_path: str
+    hosts: Mapping[str, Host] = attrs.field(factory=dict)
+    notes: tuple[str, ...] = ()
+    proof: Any = None  # trust.ProofReport, attached by the caller that runs the proof
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(c.action is not Action.NOOP for c in self.changes)
+
+    def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for change in self.changes:
+            result[change.action.value] = result.get(change.action.value, 0) + 1
+        return result
+
+    def in_phase(self, phase: str) -> list[Change]:
+        return [c for c in self.changes if c.phase == phase]
+
+
+def _token(address: Address, output: str, phase: str) -> str:
+    # A digest that is not known until apply: unique per resource, output and phase, so it
+    # never equals a recorded digest and dependents see the change.
+    return f"(after {phase}: {address}:{output})"
+
+
+def expand_replace(requests: Iterable[str], config: Config, state: State) -> set[Address]:
+    """``--replace`` arguments → instance addresses; a per-host base names every instance."""
+    result: set[Address] = set()
+    known = set(config.resources)
+    for text in requests:
+        target = Address.parse(text)
+        if target in known:
+            result.add(target)
+            continue
+        instances = {a for a in known if a.base == target and target.host is None}
+        if not instances:
+            raise PlanError(
+                f"--replace {text}: no such resource in the configuration",
+                hint="see `pkiform state list` for addresses",
+            )
+        result |= instances
+    return result
+
+
+def _verb(action: Action) -> str:
+    return {
+        Action.CREATE: "created",
+        Action.UPDATE: "updated",
+        Action.REPLACE: "replaced",
+        Action.DELETE: "deleted",
+        Action.RESTART: "restarted",
+        Action.NOOP: "unchanged",
+    }[action]
+
+
+class Planner:
+    def __init__(self, config: Config, state: State, registry: Registry) -> None:
+        self.config = config
+        self.state = state
+        self.registry = registry
+        self.dependencies: dict[Address, tuple[Ref, ...]] = {}
+        for address, spec in config.resources.items():
+            provider = registry[address.kind]
+            self.dependencies[address] = tuple(provider.dependencies(spec))
+        graph = dag.build(
+            config.resources,
+            {
+                a: {r.address for r in refs} | set(config.resources[a].get("depends_on") or ())
+                for a, refs in self.dependencies.items()
+            },
+        )
+        self.graph = graph
+        self.order: list[Address] = dag.topological_order(graph)
+
+    def provider(self, address: Address) -> Provider:
+        return self.registry[address.kind]
+
+    def _steps(
+        self, replace: set[Address], mode: str
+    ) -> tuple[dict[Address, list[ReplaceStep]], dict[Address, tuple[str, ...]], list[str]]:
+        """Per resource, the replace steps still to run (new requests and resumed ones)."""
+        pending: dict[Address, list[ReplaceStep]] = {}
+        all_steps: dict[Address, tuple[str, ...]] = {}
+        notes: list[str] = []
+        for address in self.order:
+            spec = self.config.resources[address]
+            prior = self.state.get(str(address))
+            rotation = prior.outputs.get(ROTATION_KEY) if prior else None
+            steps = list(self.provider(address).replace_steps(spec, mode))
+            if rotation and address not in replace:
+                by_name = {s.name: s for s in self.provider(address).replace_steps(
+                    spec, rotation.get("mode", mode))}
+                names = list(rotation["steps"])
+                done = int(rotation["done"])
+                remaining = [by_name[n] for n in names[done:] if n in by_name]
+                if remaining:
+                    pending[address] = remaining
+                    all_steps[address] = tuple(names)
+                    notes.append(
+                        f"{address}: resuming an interrupted rotation at phase "
+                        f"{remaining[0].phase} (step {done + 1} of {len(names)})"
+                    )
+            elif address in replace and prior is not None:
+                if rotation:
+                    notes.append(f"{address}: an unfinished rotation is restarted from the top")
+                pending[address] = steps
+                all_steps[address] = tuple(s.name for s in steps)
+        return pending, all_steps, notes
+
+    def plan(
+        self,
+        *,
+        replace: Iterable[str] = (),
+        mode: str = "zero-downtime",
+        now: datetime | None = None,
+        observations: Mapping[Address, Observation] | None = None,
+        state_hash: str = "",
+        renew_before_days: int | None = None,
+    ) -> Plan:
+        now = now or datetime.now(UTC)
+        observations = observations or {}
+        replace_set = expand_replace(replace, self.config, self.state)
+        pending, all_steps, notes = self._steps(replace_set, mode)
+        multi = any(s.phase != SINGLE_PHASE for steps in pending.values() for s in steps)
+        phases = [p for p in PHASES if any(
+            s.phase == p for steps in pending.values() for s in steps)] if multi else []
+        if multi:
+            # Changes that are not part of a rotation go in the first phase.
+            phases = [p for p in PHASES if p in phases or p == phases[0]]
+        else:
+            phases = [SINGLE_PHASE]
+        renew = (
+            renew_before_days
+            if renew_before_days is not None
+            else self.config.settings.renew_before_days
+        )
+
+        tokens: dict[str, str] = {}
+        causes: dict[str, str] = {}
+        recorded: dict[Address, dict[str, str]] = {}
+        exists: set[Address] = set()
+        for address in self.order:
+            prior = self.state.get(str(address))
+            if prior is not None:
+                exists.add(address)
+                recorded[address] = dict(prior.deps)
+                for output, digest in prior.digests.items():
+                    tokens[f"{address}:{output}"] = digest
+
+        changes: list[Change] = []
+        outside: dict[str, list[str]] = {p: [] for p in phases}
+        for index, phase in enumerate(phases):
+            first = index == 0
+            for address in self.order:
+                spec = self.config.resources[address]
+                provider = self.provider(address)
+                refs = self.dependencies[address]
+                decision = Decision.noop()
+                step_name: str | None = None
+                if address not in exists:
+                    if first:
+                        # Some kinds are not "created" (a service is only ever restarted).
+                        create = getattr(provider, "create_action", Action.CREATE)
+                        decision = Decision(create, ("not in state",), ALL_OUTPUTS)
+                else:
+                    for step in pending.get(address, ()):
+                        # A single-step replace joins the first phase of a phased plan.
+                        step_phase = phases[0] if step.phase == SINGLE_PHASE else step.phase
+                        if step_phase == phase:
+                            reason = (
+                                "replacement requested (--replace)"
+                                if address in replace_set
+                                else "resuming interrupted rotation"
+                            )
+                            decision = decision.merge(
+                                Decision(step.action, (f"{reason}: {step.description}",),
+                                         step.outputs, step.name)
+                            )
+                            step_name = step.name
+                    changed = {
+                        ref: causes.get(str(ref), f"{ref.address} changed")
+                        for ref in refs
+                        if recorded[address].get(str(ref)) != tokens.get(str(ref))
+                    }
+                    if changed or first:
+                        request = PlanRequest(
+                            spec=spec,
+                            prior=self.state.get(str(address)) if first else None,
+                            changed_dependencies=changed,
+                            now=now,
+                            renew_before_days=int(spec.get("renew_before_days") or renew),
+                            observation=observations.get(address) if first else None,
+                        )
+                        decision = decision.merge(provider.plan(request))
+                if decision.action is Action.NOOP:
+                    continue
+                exists.add(address)
+                outputs = (
+                    tuple(sorted(provider.outputs))
+                    if decision.outputs == ALL_OUTPUTS
+                    else tuple(sorted(decision.outputs))
+                )
+                cause = f"{address} {_verb(decision.action)}"
+                if step_name and multi:
+                    cause += f" ({phase})"
+                for output in outputs:
+                    key = f"{address}:{output}"
+                    tokens[key] = _token(address, output, phase)
+                    causes[key] = cause
+                recorded[address] = {str(r): tokens.get(str(r), "") for r in refs}
+                changes.append(
+                    Change(
+                        address=address,
+                        action=decision.action,
+                        phase=phase,
+                        reasons=decision.reasons,
+                        kind=address.kind,
+                        step=step_name,
+                        outputs=outputs,
+                        spec=spec,
+                        dependencies=refs,
+                        order_after=tuple(spec.get("depends_on") or ()),
+                        summary=_summary(spec),
+                        rolling=_rolling_key(spec),
+                        steps_total=all_steps.get(address, ()),
+                    )
+                )
+                for note in (spec.get("outside") or {}).get(phase, ()):
+                    if note not in outside[phase]:
+                        outside[phase].append(note)
+
+        changes = self._deletes(phases[0]) + changes
+        if mode == "immediate" and multi:
+            notes.append("immediate rotation: connections between components break from the "
+                         "first restart until the last one")
+        infos = tuple(
+            PhaseInfo(p, PHASE_DOCS.get(p, p), tuple(outside.get(p, ()))) for p in phases
+        )
+        return Plan(
+            changes=tuple(changes),
+            phases=infos,
+            lineage=self.state.lineage,
+            serial=self.state.serial,
+            state_hash=state_hash,
+            mode=mode,
+            at=now,
+            created=datetime.now(UTC),
+            config_path=self.config.path,
+            hosts=dict(self.config.hosts),
+            notes=tuple(notes),
+        )
+
+    def _deletes(self, phase: str) -> list[Change]:
+        """State records with no config: delete dependents first (reverse recorded deps)."""
+        gone = {
+            Address.parse(a): r
+            for a, r in self.state.resources.items()
+            if Address.parse(a) not in self.config.resources
+        }
+        if not gone:
+            return []
+        deps = {
+            address: {Ref.parse(ref).address for ref in record.deps} & set(gone)
+            for address, record in gone.items()
+        }
+        graph = dag.build(gone, deps)
+        order = list(reversed(dag.topological_order(graph)))
+        return [
+            Change(
+                address=address,
+                action=Action.DELETE,
+                phase=phase,
+                reasons=("not in config",),
+                kind=gone[address].kind,
+                summary=_summary_from_state(gone[address].outputs),
+            )
+            for address in order
+        ]
+
+
+def _summary(spec: ResourceSpec) -> str:
+    path = spec.get("path")
+    if path and spec.host:
+        return f"{path} on {spec.host.name}"
+    unit = spec.get("unit")
+    if unit and spec.host:
+        return f"{unit} on {spec.host.name}"
+    return ""
+
+
+def _summary_from_state(outputs: Mapping[str, Any]) -> str:
+    if outputs.get("path") and outputs.get("host"):
+        return f"remove {outputs['path']} on {outputs['host']}"
+    return ""
+
+
+def _rolling_key(spec: ResourceSpec) -> str | None:
+    if spec.get("max_unavailable") and spec.address.host:
+        return str(spec.address.base)
+    return None
+
+
+def make_plan(
+    config: Config,
+    state: State,
+    registry: Registry,
+    **options: Any,
+) -> Plan:
+    return Planner(config, state, registry).plan(**options)
+
+
+def restart_changes(plan: Plan) -> Sequence[Change]:
+    return [c for c in plan.changes if c.action is Action.RESTART]

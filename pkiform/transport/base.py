@@ -1,0 +1,60 @@
+"""The transport protocol: the only way the engine reads or changes a host."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import attrs
+
+from pkiform.model import Host
+
+
+@attrs.frozen
+class FileStat:
+    sha256: str
+    mode: int
+    owner: str
+    group: str
+    is_symlink: bool = False
+
+
+@attrs.frozen
+class HealthCheck:
+    command: str | None = None  # run on the host; exit 0 = healthy
+    url: str | None = None  # https URL probed from the host (curl) or directly
+    timeout: float = 60.0
+
+
+@attrs.frozen
+class RestartOutcome:
+    performed: bool  # False when the target has no service manager (local)
+    detail: str  # "skipped, local target", "restarted, active after 1.2s"
+
+
+class Transport(Protocol):
+    host: Host
+
+    def read_files(self, paths: Sequence[str]) -> Mapping[str, FileStat | None]:
+        """Stat and hash many files in one round trip; None for a missing file."""
+        ...
+
+    def write_file(
+        self, path: str, content: bytes, *, mode: int, owner: str | None, group: str | None
+    ) -> None:
+        """Atomically replace ``path`` (temp file in the same directory, fsync, rename)."""
+        ...
+
+    def remove_file(self, path: str) -> bool:
+        """Remove ``path``; False when it was already gone."""
+        ...
+
+    def restart_service(
+        self, unit: str, *, reload: bool, health: HealthCheck | None, timeout: float
+    ) -> RestartOutcome: ...
+
+    def serving_certificate(self, endpoint: str) -> bytes | None:
+        """The PEM certificate a TLS endpoint ("host:port") presents, or None if unreachable."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,130 @@
+"""The local target: files land under ``<root>/<host>/<absolute path>``; no service manager.
+
+Used for the README example, for tests and to stage a PKI for another tool to ship. Writes
+are as careful as on a real host (temp file beside the target, fsync, rename, never through
+a symlink) because the same code path is what the crash-safety tests exercise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import grp
+import stat
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pkiform.errors import TransportError
+from pkiform.model import Host
+from pkiform.transport.base import FileStat, HealthCheck, RestartOutcome
+
+BACKUP_SUFFIX = ".pkiform-backup"
+
+
+def _name_of(uid: int, lookup: type) -> str:
+    try:
+        return lookup(uid)[0]
+    except KeyError:
+        return str(uid)
+
+
+class LocalTransport:
+    def __init__(self, host: Host, root: Path) -> None:
+        self.host = host
+        self.base = (Path(root) / host.name).resolve()
+
+    def local_path(self, path: str) -> Path:
+        if not path.startswith("/") or os.path.normpath(path) != path:
+            raise TransportError(f"refusing non-normalized path {path!r}", host=self.host.name)
+        return self.base / path.lstrip("/")
+
+    def _check_no_symlink(self, target: Path) -> None:
+        # Every component between the target root and the file must be a real directory:
+        # a symlink anywhere would let a write escape the host's directory.
+        current = self.base
+        for part in target.relative_to(self.base).parts:
+            current = current / part
+            if current.is_symlink():
+                raise TransportError(
+                    f"refusing to write through symlink {current}",
+                    host=self.host.name,
+                    hint="remove the symlink; pkiform only writes regular files",
+                )
+
+    def read_files(self, paths: Sequence[str]) -> Mapping[str, FileStat | None]:
+        result: dict[str, FileStat | None] = {}
+        for path in paths:
+            local = self.local_path(path)
+            try:
+                info = os.lstat(local)
+            except FileNotFoundError:
+                result[path] = None
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                result[path] = FileStat("", 0, "", "", is_symlink=True)
+                continue
+            digest = hashlib.sha256(local.read_bytes()).hexdigest()
+            result[path] = FileStat(
+                digest,
+                stat.S_IMODE(info.st_mode),
+                _name_of(info.st_uid, pwd.getpwuid),
+                _name_of(info.st_gid, grp.getgrgid),
+            )
+        return result
+
+    def write_file(
+        self, path: str, content: bytes, *, mode: int, owner: str | None, group: str | None
+    ) -> None:
+        target = self.local_path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            self._check_no_symlink(target)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.pkiform-tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fchmod(fd, mode)
+                os.write(fd, content)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if target.exists():
+                # One generation kept beside the file for manual rollback.
+                backup = target.with_name(target.name + BACKUP_SUFFIX)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(backup)
+                os.link(target, backup)
+            os.replace(tmp, target)
+            dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        except TransportError:
+            raise
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                os.unlink(tmp)  # type: ignore[possibly-undefined]
+            raise TransportError(f"cannot write {path}: {exc.strerror or exc}",
+                                 host=self.host.name) from None
+
+    def remove_file(self, path: str) -> bool:
+        target = self.local_path(path)
+        try:
+            os.unlink(target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def restart_service(
+        self, unit: str, *, reload: bool, health: HealthCheck | None, timeout: float
+    ) -> RestartOutcome:
+        return RestartOutcome(False, "skipped, local target")
+
+    def serving_certificate(self, endpoint: str) -> bytes | None:
+        return None
+
+    def close(self) -> None:
+        return None

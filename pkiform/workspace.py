@@ -1,0 +1,145 @@
+"""The application layer: one config directory with its state, transports and providers.
+
+This is where the pure engine meets concrete things — the built-in providers, the presets,
+the local and SSH transports — so that neither the CLI nor tests have to wire them by hand.
+The engine modules (graph, plan, apply, state, provider) never import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pkiform.address import Address
+from pkiform.apply import Applier, ApplyResult, Hook, check_plan_current
+from pkiform.config import load_config
+from pkiform.errors import PkiformError, TransportError
+from pkiform.model import Config, Host
+from pkiform.plan import Plan, make_plan
+from pkiform.provider import Observation, Registry
+from pkiform.state.model import State
+from pkiform.state.store import StateStore
+
+_registry: Registry | None = None
+
+
+def default_registry() -> Registry:
+    global _registry
+    if _registry is None:
+        from pkiform.providers import builtin_providers
+
+        _registry = Registry.with_entry_points(builtin_providers)
+    return _registry
+
+
+def default_presets() -> dict[str, Any]:
+    from pkiform.presets import builtin_presets
+
+    return builtin_presets()
+
+
+class Workspace:
+    def __init__(self, directory: str | os.PathLike[str], *,
+                 registry: Registry | None = None) -> None:
+        self.directory = Path(directory).resolve()
+        self.registry = registry or default_registry()
+        self.config: Config = load_config(self.directory, self.registry, default_presets())
+        settings = self.config.settings
+        key_file = Path(settings.key_file).expanduser() if settings.key_file else None
+        if key_file is not None and not key_file.is_absolute():
+            key_file = self.directory / key_file
+        self.store = StateStore(self.directory / settings.state_dir, key_file)
+        self.target_root = self.directory / settings.target_root
+
+    # -- transports -------------------------------------------------------------------
+
+    def transport_factory(self, host: Host) -> Any:
+        if host.transport == "local":
+            from pkiform.transport.local import LocalTransport
+
+            return LocalTransport(host, self.target_root)
+        if host.transport == "ssh":
+            from pkiform.transport.ssh import SshTransport
+
+            return SshTransport(host, base_dir=self.directory)
+        raise TransportError(f"unknown transport {host.transport!r}", host=host.name)
+
+    def refresh(self, state: State, hosts: Iterable[str] | None = None
+                ) -> dict[Address, Observation]:
+        """Read every managed file's hash, one round trip per host (drift detection)."""
+        wanted: dict[str, list[tuple[Address, str]]] = defaultdict(list)
+        for address_text, record in state.resources.items():
+            if record.kind == "file" and record.outputs.get("host"):
+                wanted[record.outputs["host"]].append(
+                    (Address.parse(address_text), record.outputs["path"]))
+        observations: dict[Address, Observation] = {}
+        for host_name, files in sorted(wanted.items()):
+            host = self.config.hosts.get(host_name)
+            if host is None or (hosts is not None and host_name not in hosts):
+                continue
+            transport = self.transport_factory(host)
+            try:
+                stats = transport.read_files([path for _, path in files])
+            finally:
+                transport.close()
+            for address, path in files:
+                stat = stats.get(path)
+                observations[address] = Observation(
+                    content_sha256=None if stat is None or stat.is_symlink else stat.sha256)
+        return observations
+
+    # -- plan / apply -------------------------------------------------------------------
+
+    def load_state(self, *, decrypt: bool = False) -> State:
+        return self.store.load(decrypt=decrypt)
+
+    def plan(
+        self,
+        *,
+        replace: Sequence[str] = (),
+        mode: str | None = None,
+        at: datetime | None = None,
+        refresh: bool = True,
+    ) -> Plan:
+        state = self.store.load(decrypt=False)
+        state_hash = self.store.content_hash()
+        observations = self.refresh(state) if refresh else {}
+        return make_plan(
+            self.config, state, self.registry,
+            replace=replace,
+            mode=mode or self.config.settings.rotation,
+            now=at or datetime.now(UTC),
+            observations=observations,
+            state_hash=state_hash,
+        )
+
+    def apply(
+        self,
+        plan: Plan,
+        *,
+        hooks: tuple[Hook, ...] = (),
+        parallelism: int | None = None,
+        lock_timeout: float = 0.0,
+        keygen_workers: int | None = None,
+        saved: bool = False,
+    ) -> ApplyResult:
+        with self.store.lock("apply", timeout=lock_timeout):
+            check_plan_current(plan, self.store)
+            applier = Applier(
+                plan, self.store, self.registry, self.transport_factory,
+                hooks=hooks,
+                parallelism=parallelism or self.config.settings.parallelism,
+                keygen_workers=keygen_workers,
+            )
+            return applier.run()
+
+
+def open_workspace(directory: str | os.PathLike[str]) -> Workspace:
+    try:
+        return Workspace(directory)
+    except PkiformError:
+        raise

@@ -1,0 +1,408 @@
+"""The state file on disk: atomic, backed up, locked, journaled, never world-readable.
+
+Layout of a state directory (default ``state/`` next to the config)::
+
+    pkiform.state.toml          the state (TOML, mode 0600; secrets section encrypted)
+    pkiform.state.toml.backup   the previous version, kept on every save
+    pkiform.journal             steps completed by an apply still running or interrupted
+    pkiform.lock                the lock; holds who has it
+
+Every completed apply step is appended to the journal and fsync'd, so an apply killed at any
+point loses nothing it deployed; the next load replays the journal onto the state. Writing
+the whole state after each of 25,000 steps would be quadratic, the journal is linear. The state
+file itself is only ever replaced by rename, so it is always the old or the new version.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import socket
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomli_w
+
+from pkiform.errors import SecretKeyError, StateError, StateLockedError
+from pkiform.state import secrets as secret_box
+from pkiform.state.model import FORMAT_VERSION, ResourceState, State
+
+STATE_FILE = "pkiform.state.toml"
+BACKUP_SUFFIX = ".backup"
+JOURNAL_FILE = "pkiform.journal"
+LOCK_FILE = "pkiform.lock"
+EMPTY_STATE_HASH = "empty"
+
+
+@attrs.frozen
+class LockInfo:
+    id: str
+    pid: int
+    host: str
+    user: str
+    operation: str
+    created: str
+
+    def describe(self) -> str:
+        return (
+            f"lock {self.id} held by {self.user}@{self.host} pid {self.pid} "
+            f"({self.operation}, since {self.created})"
+        )
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # umask may have narrowed or (never) widened it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: optional values are simply absent."""
+    if isinstance(value, Mapping):
+        return {str(k): _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+class StateStore:
+    def __init__(self, directory: Path, key_file: Path | None = None) -> None:
+        self.directory = Path(directory)
+        self.key_file = key_file
+        self.path = self.directory / STATE_FILE
+        self.backup_path = self.directory / (STATE_FILE + BACKUP_SUFFIX)
+        self.journal_path = self.directory / JOURNAL_FILE
+        self.lock_path = self.directory / LOCK_FILE
+        self._lock_fd: int | None = None
+        self._key: secret_box.StateKey | None = None
+        self._raw: dict[str, Any] | None = None
+
+    # -- reading -------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def content_hash(self) -> str:
+        """Hash of exactly what is on disk (state + journal): what a saved plan is bound to."""
+        if not self.path.exists() and not self.journal_path.exists():
+            return EMPTY_STATE_HASH
+        digest = hashlib.sha256()
+        for path in (self.path, self.journal_path):
+            digest.update(path.name.encode() + b"\0")
+            if path.exists():
+                digest.update(path.read_bytes())
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+    def _parse(self) -> dict[str, Any]:
+        try:
+            data = self.path.read_bytes()
+        except PermissionError as exc:
+            raise StateError(f"{self.path}: cannot read the state file: {exc}") from None
+        try:
+            raw = tomllib.loads(data.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise StateError(
+                f"{self.path}: the state file is corrupt ({exc}); nothing was changed",
+                hint=self._backup_hint(),
+            ) from None
+        version = raw.get("version")
+        if version != FORMAT_VERSION:
+            raise StateError(
+                f"{self.path}: state format version {version!r} is not supported "
+                f"(this pkiform reads version {FORMAT_VERSION})",
+                hint="use the pkiform release that wrote it, or restore the backup",
+            )
+        for field in ("lineage", "serial"):
+            if field not in raw:
+                raise StateError(
+                    f"{self.path}: the state file has no {field!r}; it was truncated or "
+                    "edited by hand",
+                    hint=self._backup_hint(),
+                )
+        return raw
+
+    def _backup_hint(self) -> str:
+        if self.backup_path.exists():
+            return (
+                f"the previous state is kept at {self.backup_path}; inspect it and restore "
+                f"it with: cp {self.backup_path} {self.path}"
+            )
+        return "restore the state directory from version control or your backup"
+
+    def load(self, *, decrypt: bool = True) -> State:
+        """The current state, journal replayed. ``decrypt=False`` leaves secrets out (plan)."""
+        if not self.path.exists():
+            state = State.empty()
+            raw: dict[str, Any] = {"secrets": {}}
+        else:
+            raw = self._parse()
+            try:
+                resources = {
+                    address: ResourceState.from_dict(record)
+                    for address, record in raw.get("resources", {}).items()
+                }
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise StateError(
+                    f"{self.path}: a resource record is malformed ({exc!r})",
+                    hint=self._backup_hint(),
+                ) from None
+            state = State(
+                lineage=str(raw["lineage"]), serial=int(raw["serial"]), resources=resources
+            )
+        self._raw = raw
+        secrets: dict[str, dict[str, str]] = {}
+        if decrypt and raw.get("secrets"):
+            key = self.key_for(state.lineage, create=False)
+            self._check_key_id(raw, key)
+            secrets = secret_box.decrypt_section(key, raw["secrets"])
+        state = attrs.evolve(state, secrets=secrets)
+        return self._replay_journal(state, decrypt=decrypt)
+
+    def _check_key_id(self, raw: Mapping[str, Any], key: secret_box.StateKey) -> None:
+        expected = raw.get("key_id")
+        if expected and expected != key.key_id:
+            raise SecretKeyError(
+                f"{self.path}: the state key from {key.source} is not the key this state was "
+                f"encrypted with (key id {key.key_id}, state expects {expected}); nothing "
+                "was changed",
+                hint="point PKIFORM_STATE_KEY or settings.key_file at the right key",
+            )
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def default_key_path(self, lineage: str) -> Path:
+        return self.key_file or secret_box.default_key_dir() / f"{lineage}.key"
+
+    def _salt(self) -> bytes | None:
+        salt = (self._raw or {}).get("kdf_salt")
+        return base64.b64decode(salt) if salt else None
+
+    def key_for(self, lineage: str, *, create: bool) -> secret_box.StateKey:
+        """The state key; with ``create`` a missing key file is made (first apply)."""
+        if self._key is not None:
+            return self._key
+        key = secret_box.key_from_environment(self._salt() or self._new_salt())
+        if key is None:
+            path = self.default_key_path(lineage)
+            if path.exists() or not create:
+                key = secret_box.read_key_file(path)
+            else:
+                key = secret_box.create_key_file(path)
+                self.notice = (
+                    f"created state key {path} (mode 0600): back it up; without it the keys "
+                    "in this state cannot be read"
+                )
+        self._key = key
+        return key
+
+    def _new_salt(self) -> bytes:
+        if self._raw is not None and "kdf_salt" not in self._raw:
+            self._raw["kdf_salt"] = base64.b64encode(os.urandom(16)).decode()
+        return self._salt() or b""
+
+    notice: str | None = None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def serialize(self, state: State, key: secret_box.StateKey | None) -> bytes:
+        document: dict[str, Any] = {
+            "version": FORMAT_VERSION,
+            "lineage": state.lineage,
+            "serial": state.serial,
+            "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if self._raw and self._raw.get("kdf_salt"):
+            document["kdf_salt"] = self._raw["kdf_salt"]
+        if key is not None:
+            document["key_id"] = key.key_id
+        document["resources"] = {
+            address: _drop_none(record.to_dict())
+            for address, record in sorted(state.resources.items())
+        }
+        if state.secrets:
+            if key is None:
+                raise SecretKeyError("refusing to write secrets without a state key")
+            document["secrets"] = secret_box.encrypt_section(key, dict(sorted(state.secrets.items())))
+        return tomli_w.dumps(document).encode()
+
+    def save(self, state: State) -> None:
+        """Write ``state`` atomically (serial as given), keep the previous file as backup."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = self.key_for(state.lineage, create=True) if state.secrets else self._key
+        data = self.serialize(state, key)
+        if self.path.exists():
+            tmp_backup = self.backup_path.with_name(f".{self.backup_path.name}.{uuid.uuid4().hex}")
+            os.link(self.path, tmp_backup)
+            os.replace(tmp_backup, self.backup_path)
+        write_atomically(self.path, data)
+        self._raw = tomllib.loads(data.decode())
+
+    # -- journal ---------------------------------------------------------------------------
+
+    def journal_append(
+        self, base: State, address: str, record: ResourceState | None, secrets: Mapping[str, str]
+    ) -> None:
+        """Record one completed step durably before anything depends on it."""
+        key = self.key_for(base.lineage, create=True) if secrets else self._key
+        entry = {
+            "lineage": base.lineage,
+            "serial": base.serial,
+            "address": address,
+            "record": _drop_none(record.to_dict()) if record is not None else None,
+            "secrets": {
+                name: key.encrypt(value, f"{address}#{name}") for name, value in secrets.items()
+            }
+            if secrets and key
+            else {},
+        }
+        line = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _replay_journal(self, state: State, *, decrypt: bool) -> State:
+        if not self.journal_path.exists():
+            return state
+        lines = self.journal_path.read_bytes().split(b"\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                if number >= len(lines) - 1:
+                    break  # a torn last line: the step it describes did not complete
+                raise StateError(
+                    f"{self.journal_path}: line {number} is corrupt", hint=self._backup_hint()
+                ) from None
+            if entry.get("lineage") != state.lineage and not state.is_empty:
+                raise StateError(
+                    f"{self.journal_path} belongs to another state (lineage "
+                    f"{entry.get('lineage')}, state has {state.lineage})",
+                    hint="move the journal away if it is not from this state",
+                )
+            if state.is_empty and state.serial == 0:
+                state = attrs.evolve(state, lineage=entry["lineage"])
+            record = ResourceState.from_dict(entry["record"]) if entry["record"] else None
+            plain: dict[str, str] = {}
+            if decrypt and entry.get("secrets"):
+                key = self.key_for(state.lineage, create=False)
+                plain = {
+                    name: key.decrypt(token, f"{entry['address']}#{name}")
+                    for name, token in entry["secrets"].items()
+                }
+            elif not decrypt:
+                plain = dict(state.secrets_of(entry["address"]))
+            state = state.with_resource(entry["address"], record, plain)
+        return state
+
+    def has_journal(self) -> bool:
+        return self.journal_path.exists() and self.journal_path.stat().st_size > 0
+
+    def commit(self, state: State) -> State:
+        """Save the state with the journal folded in, then drop the journal."""
+        state = attrs.evolve(state, serial=state.serial + 1)
+        self.save(state)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_path)
+        _fsync_directory(self.directory)
+        return state
+
+    # -- lock ------------------------------------------------------------------------------
+
+    def read_lock_info(self) -> LockInfo | None:
+        try:
+            data = json.loads(self.lock_path.read_text() or "{}")
+            return LockInfo(**data) if data else None
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+
+    @contextlib.contextmanager
+    def lock(self, operation: str, timeout: float = 0.0) -> Iterator[LockInfo]:
+        """Exclusive lock (flock on the lock file). Fails fast naming the holder, or waits."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    holder = self.read_lock_info()
+                    raise StateLockedError(
+                        f"{self.directory}: state is locked"
+                        + (f": {holder.describe()}" if holder else ""),
+                        hint="wait for it to finish, retry with --lock-timeout DURATION, or if "
+                        "the holder is dead run: pkiform force-unlock "
+                        + (holder.id if holder else "<ID>"),
+                    ) from None
+                time.sleep(0.1)
+        info = LockInfo(
+            id=str(uuid.uuid4()),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            user=getpass.getuser(),
+            operation=operation,
+            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(attrs.asdict(info)).encode(), 0)
+        os.fsync(fd)
+        try:
+            yield info
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def force_unlock(self, lock_id: str) -> LockInfo:
+        holder = self.read_lock_info()
+        if holder is None or holder.id != lock_id:
+            raise StateLockedError(
+                f"{self.lock_path}: no lock with id {lock_id}"
+                + (f" (current: {holder.describe()})" if holder else " (the state is not locked)")
+            )
+        os.unlink(self.lock_path)
+        return holder
