@@ -151,6 +151,8 @@ class Applier:
         parallelism: int = 10,
         keygen_workers: int | None = None,
         now: datetime | None = None,
+        key_source: Callable[[Mapping[Address, list[str]]], Any] | None = None,
+        on_phase_end: Callable[[str, State], None] | None = None,
     ) -> None:
         self.plan = plan
         self.store = store
@@ -165,6 +167,8 @@ class Applier:
         self._state_lock = threading.RLock()
         self.state: State = State.empty()
         self.keys: KeySource
+        self._key_source = key_source
+        self._on_phase_end = on_phase_end
 
     def emit(self, event: Event) -> None:
         for hook in self.hooks:
@@ -260,7 +264,8 @@ class Applier:
                     change.spec, change.action, change.step))
                 if wanted:
                     requests.setdefault(change.address, []).extend(wanted)
-        self.keys = KeySource(requests, self.keygen_workers)
+        self.keys = (self._key_source(requests) if self._key_source
+                     else KeySource(requests, self.keygen_workers))
         done: list[Change] = []
         failed: list[tuple[Change, str]] = []
         skipped: list[tuple[Change, str]] = []
@@ -276,6 +281,8 @@ class Applier:
                     continue
                 self.emit(Event("phase", phase.description, None, phase.name))
                 self._run_phase(phase.name, changes, base, done, failed, skipped)
+                if self._on_phase_end is not None and not failed:
+                    self._on_phase_end(phase.name, self.state)
         finally:
             self.keys.close()
             for transport in self._transports.values():

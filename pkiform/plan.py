@@ -285,8 +285,11 @@ class Planner:
                     else tuple(sorted(decision.outputs))
                 )
                 cause = f"{address} {_verb(decision.action)}"
-                if step_name and multi:
-                    cause += f" ({phase})"
+                step_info = next((s for s in pending.get(address, ()) if s.name == step_name),
+                                 None)
+                if step_info is not None and multi:
+                    # "ca.etcd replaced (reissue: new CA becomes the active one)"
+                    cause = f"{address} replaced ({phase}: {step_info.description})"
                 for output in outputs:
                     key = f"{address}:{output}"
                     tokens[key] = _token(address, output, phase)
