@@ -191,6 +191,30 @@ class Planner:
                 all_steps[address] = tuple(s.name for s in steps)
         return pending, all_steps, notes
 
+    def _forced_rotations(
+        self, replace: set[Address], mode: str, now: datetime, renew: int
+    ) -> dict[Address, tuple[str, ...]]:
+        """Rotatable resources whose own checks demand a new one (expiry, changed subject).
+
+        These go through the same phased steps as ``--replace``: an expiring CA is rotated
+        without downtime, not swapped in one step.
+        """
+        forced: dict[Address, tuple[str, ...]] = {}
+        for address in self.order:
+            prior = self.state.get(str(address))
+            if address in replace or prior is None or prior.outputs.get(ROTATION_KEY):
+                continue
+            spec = self.config.resources[address]
+            provider = self.provider(address)
+            if len(provider.replace_steps(spec, mode)) <= 1:
+                continue
+            decision = provider.plan(PlanRequest(
+                spec=spec, prior=prior, changed_dependencies={}, now=now,
+                renew_before_days=int(spec.get("renew_before_days") or renew)))
+            if decision.action is Action.REPLACE:
+                forced[address] = decision.reasons
+        return forced
+
     def plan(
         self,
         *,
@@ -204,20 +228,18 @@ class Planner:
         now = now or datetime.now(UTC)
         observations = observations or {}
         replace_set = expand_replace(replace, self.config, self.state)
-        pending, all_steps, notes = self._steps(replace_set, mode)
-        multi = any(s.phase != SINGLE_PHASE for steps in pending.values() for s in steps)
-        phases = [p for p in PHASES if any(
-            s.phase == p for steps in pending.values() for s in steps)] if multi else []
-        if multi:
-            # Changes that are not part of a rotation go in the first phase.
-            phases = [p for p in PHASES if p in phases or p == phases[0]]
-        else:
-            phases = [SINGLE_PHASE]
         renew = (
             renew_before_days
             if renew_before_days is not None
             else self.config.settings.renew_before_days
         )
+        auto = self._forced_rotations(replace_set, mode, now, renew)
+        pending, all_steps, notes = self._steps(replace_set | set(auto), mode)
+        multi = any(s.phase != SINGLE_PHASE for steps in pending.values() for s in steps)
+        # A phased plan walks every phase; changes outside a rotation (creates, config edits,
+        # leftovers of an interrupted phase) go in the first, so they land before the next
+        # rotation step relies on them. Empty phases are dropped at the end.
+        phases = list(PHASES) if multi else [SINGLE_PHASE]
 
         tokens: dict[str, str] = {}
         causes: dict[str, str] = {}
@@ -251,11 +273,12 @@ class Planner:
                         # A single-step replace joins the first phase of a phased plan.
                         step_phase = phases[0] if step.phase == SINGLE_PHASE else step.phase
                         if step_phase == phase:
-                            reason = (
-                                "replacement requested (--replace)"
-                                if address in replace_set
-                                else "resuming interrupted rotation"
-                            )
+                            if address in replace_set:
+                                reason = "replacement requested (--replace)"
+                            elif address in auto:
+                                reason = "; ".join(auto[address])
+                            else:
+                                reason = "resuming interrupted rotation"
                             decision = decision.merge(
                                 Decision(step.action, (f"{reason}: {step.description}",),
                                          step.outputs, step.name)
@@ -267,13 +290,16 @@ class Planner:
                         if recorded[address].get(str(ref)) != tokens.get(str(ref))
                     }
                     if changed or first:
+                        # A resource under a phased replace is not re-checked against its
+                        # own inputs: its steps already are the change.
+                        check_self = first and address not in pending
                         request = PlanRequest(
                             spec=spec,
-                            prior=self.state.get(str(address)) if first else None,
+                            prior=self.state.get(str(address)) if check_self else None,
                             changed_dependencies=changed,
                             now=now,
                             renew_before_days=int(spec.get("renew_before_days") or renew),
-                            observation=observations.get(address) if first else None,
+                            observation=observations.get(address) if check_self else None,
                         )
                         decision = decision.merge(provider.plan(request))
                 if decision.action is Action.NOOP:
@@ -320,8 +346,10 @@ class Planner:
         if mode == "immediate" and multi:
             notes.append("immediate rotation: connections between components break from the "
                          "first restart until the last one")
+        used = {c.phase for c in changes}
         infos = tuple(
-            PhaseInfo(p, PHASE_DOCS.get(p, p), tuple(outside.get(p, ()))) for p in phases
+            PhaseInfo(p, PHASE_DOCS.get(p, p), tuple(outside.get(p, ())))
+            for p in phases if p in used or len(phases) == 1
         )
         return Plan(
             changes=tuple(changes),

@@ -57,6 +57,8 @@ class ProofReport:
     failures: tuple[EdgeFailure, ...]
     mode: str
     skipped: str | None = None
+    # Pairs already broken before the plan (e.g. expired certs): reported, never blamed on it.
+    preexisting: tuple[EdgeFailure, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -65,14 +67,22 @@ class ProofReport:
     def summary(self) -> str:
         if self.skipped:
             return f"trust: not checked ({self.skipped})"
+        lines = []
+        if self.preexisting:
+            lines.append(f"trust: {len(self.preexisting)} edge checks already fail before "
+                         "this plan (not caused by it):")
+            lines += [f"  ! {f.describe()}" for f in self.preexisting[:20]]
+            if len(self.preexisting) > 20:
+                lines.append(f"  … and {len(self.preexisting) - 20} more")
         if self.ok:
-            return (f"trust: {self.edges} edges verified across {self.phases} "
-                    f"phase{'s' if self.phases != 1 else ''} ({self.checks} checks)")
+            lines.append(f"trust: {self.edges} edges verified across {self.phases} "
+                         f"phase{'s' if self.phases != 1 else ''} ({self.checks} checks)")
+            return "\n".join(lines)
         head = (f"trust: {len(self.failures)} broken edge checks of {self.checks} across "
                 f"{self.phases} phases")
         if self.mode == "immediate":
             head += " — expected outage of an immediate rotation:"
-        lines = [head] + [f"  ✗ {f.describe()}" for f in self.failures[:50]]
+        lines += [head] + [f"  ✗ {f.describe()}" for f in self.failures[:50]]
         if len(self.failures) > 50:
             lines.append(f"  … and {len(self.failures) - 50} more")
         return "\n".join(lines)
@@ -85,6 +95,7 @@ class ProofReport:
             "ok": self.ok,
             "skipped": self.skipped,
             "failures": [attrs.asdict(f) for f in self.failures],
+            "preexisting": [attrs.asdict(f) for f in self.preexisting],
         }
 
 
@@ -266,7 +277,12 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry) -> Proof
     snapshots = simulate(plan, state, registry) if not plan.is_empty else [("before", state)]
     views = [(name, _Views(s, registry)) for name, s in snapshots]
     failures: list[EdgeFailure] = []
+    preexisting: list[EdgeFailure] = []
     checks = 0
+    initial = views[0][1]
+    baseline_broken = {
+        id(pair) for pair in pairs if check_pair(pair, initial, initial, plan.at)
+    }
     # Memoize on the concrete inputs: many pairs share identical chains and bundles.
     verdicts: dict[tuple[Any, ...], list[str]] = {}
     boundaries = list(zip(views, views[1:])) or [(views[0], views[0])]
@@ -292,11 +308,13 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry) -> Proof
                     if marker in seen:
                         continue
                     seen.add(marker)
-                    failures.append(EdgeFailure(
+                    target = preexisting if id(pair) in baseline_broken else failures
+                    target.append(EdgeFailure(
                         pair.edge.name, pair.client_host or "-", pair.server_host or "-",
                         phase if len(views) > 1 else "current",
                         f"client {c_label} / server {s_label}", reason))
-    return ProofReport(len(pairs), max(1, len(views) - 1), checks, tuple(failures), plan.mode)
+    return ProofReport(len(pairs), max(1, len(views) - 1), checks, tuple(failures), plan.mode,
+                       preexisting=tuple(preexisting))
 
 
 def prove_plan(workspace: Any, plan: Plan) -> ProofReport:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pkiform.address import Address
 from pkiform.config.values import check_dns_name, check_ip
-from pkiform.errors import ConfigError
+from pkiform.errors import ConfigError, PkiError
 from pkiform.model import Config, ResourceSpec
 from pkiform.pki.keys import KEY_ALGORITHMS
 from pkiform.provider import Field
@@ -147,3 +147,19 @@ def check_signer_validity(spec: ResourceSpec, config: Config) -> None:
             file=spec.origin, address=str(spec.address),
             hint=f"lower validity_days to at most {theirs}, or lengthen the CA's",
         )
+
+
+def clamp_validity(days: int, issuer_cert_pem: bytes, now: datetime, signer: str) -> int:
+    """A certificate may not outlive its signer: near the signer's end, issue a shorter one.
+
+    (The plan rotates a CA inside its own renew window, so this only shortens leaves renewed
+    while their CA is itself about to be replaced.)
+    """
+    from pkiform.pki.certs import describe_certificate
+
+    end = describe_certificate(issuer_cert_pem).not_after
+    remaining = (end - now).days
+    if remaining < 1:
+        raise PkiError(f"signer {signer} expires {end:%Y-%m-%d}: it must be rotated before it "
+                       "can sign", hint=f"pkiform apply --replace {signer}")
+    return min(days, remaining)

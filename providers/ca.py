@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import attrs
+
 from pkiform.address import Address, Ref
 from pkiform.errors import ConfigError
 from pkiform.model import Config, ResourceSpec
@@ -130,6 +132,8 @@ class CaProvider:
         else:
             issuer_cert = ctx.value(Ref(signer, "signing"))
             issuer_key = ctx.value(Ref(signer, "key"))
+            cert_request = attrs.evolve(cert_request, validity_days=common.clamp_validity(
+                cert_request.validity_days, issuer_cert, ctx.now, str(signer)))
             cert = x509.issue_certificate(cert_request, key_pem, issuer_cert, issuer_key, ctx.now)
             parent_chain = x509.split_pem_bundle(ctx.value(Ref(signer, "chain")))
             parents = [p.decode() for p in parent_chain if not _self_signed(p)]

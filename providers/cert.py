@@ -116,7 +116,8 @@ class CertProvider:
             extended_key_usages=tuple(spec.get("extended_key_usages") or ()),
             dns_names=tuple(spec.get("dns_names") or ()),
             ip_addresses=tuple(spec.get("ip_addresses") or ()),
-            validity_days=spec["validity_days"],
+            validity_days=common.clamp_validity(
+                spec["validity_days"], ctx.value(Ref(signer, "signing")), ctx.now, str(signer)),
         )
         issuer_cert = ctx.value(Ref(signer, "signing"))
         issuer_key = ctx.value(Ref(signer, "key"))
