@@ -150,38 +150,36 @@ def render_kubeconfig(
 
 def render_encryption_config(
     *,
-    key_name: str,
-    secret_b64: str,
+    key_name: str | None = None,
+    secret_b64: str | None = None,
+    keys: Sequence[tuple[str, str]] = (),
     resources: Sequence[str] = ("secrets",),
     provider: str = "aescbc",
 ) -> bytes:
     """kube-apiserver's EncryptionConfiguration ("Kubernetes the hard way" layout).
 
-    One provider with one key, followed by ``identity: {}`` so data written before encryption
-    was enabled stays readable. The secret length is checked against what kube-apiserver
-    accepts for the provider, because a wrong one only shows up as an apiserver crash-loop.
+    One provider with its keys — ``keys`` as (name, base64 secret) pairs, the first one
+    encrypts and all of them decrypt, which is what a key rotation needs; or the single
+    ``key_name``/``secret_b64`` — followed by ``identity: {}`` so data written before
+    encryption was enabled stays readable. Secret lengths are checked against what
+    kube-apiserver accepts for the provider, because a wrong one only shows up as an apiserver
+    crash-loop.
     """
     if provider not in ENCRYPTION_PROVIDERS:
         raise PkiError(
             f"unknown encryption provider {provider!r}",
             hint=f"use one of: {', '.join(ENCRYPTION_PROVIDERS)}",
         )
-    _require_name(key_name, "key_name")
-    if ":" in key_name:
-        # The apiserver prefixes ciphertexts with "k8s:enc:<provider>:v1:<key name>:".
-        raise PkiError(f"encryption key name {key_name!r} must not contain ':'")
-    if not isinstance(secret_b64, str):
-        raise PkiError("secret_b64 must be a base64 string")
-    try:
-        secret = base64.b64decode(secret_b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise PkiError("encryption secret is not valid base64") from None
-    if len(secret) not in _KEY_SIZES[provider]:
-        sizes = " or ".join(str(n) for n in _KEY_SIZES[provider])
-        raise PkiError(
-            f"{provider} needs a {sizes}-byte key, secret decodes to {len(secret)} bytes",
-            hint="generate one with: head -c 32 /dev/urandom | base64",
-        )
+    pairs = list(keys)
+    if key_name is not None or secret_b64 is not None:
+        pairs.insert(0, (key_name or "", secret_b64))  # type: ignore[arg-type]
+    if not pairs:
+        raise PkiError("an encryption config needs at least one key")
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise PkiError(f"duplicate encryption key name in {names}")
+    for name, secret_text in pairs:
+        _check_encryption_key(name, secret_text, provider)
     if isinstance(resources, str) or not resources:
         raise PkiError(f"resources must be a non-empty list, got {resources!r}")
     for resource in resources:
@@ -200,8 +198,27 @@ def render_encryption_config(
         "    providers:",
         f"      - {provider}:",
         "          keys:",
-        f"            - name: {q(key_name)}",
-        f"              secret: {q(secret_b64)}",
-        "      - identity: {}",
     ]
+    for name, secret_text in pairs:
+        lines += [f"            - name: {q(name)}", f"              secret: {q(secret_text)}"]
+    lines.append("      - identity: {}")
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _check_encryption_key(key_name: str, secret_b64: str, provider: str) -> None:
+    _require_name(key_name, "key_name")
+    if ":" in key_name:
+        # The apiserver prefixes ciphertexts with "k8s:enc:<provider>:v1:<key name>:".
+        raise PkiError(f"encryption key name {key_name!r} must not contain ':'")
+    if not isinstance(secret_b64, str):
+        raise PkiError("secret_b64 must be a base64 string")
+    try:
+        secret = base64.b64decode(secret_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise PkiError("encryption secret is not valid base64") from None
+    if len(secret) not in _KEY_SIZES[provider]:
+        sizes = " or ".join(str(n) for n in _KEY_SIZES[provider])
+        raise PkiError(
+            f"{provider} needs a {sizes}-byte key, secret decodes to {len(secret)} bytes",
+            hint="generate one with: head -c 32 /dev/urandom | base64",
+        )
