@@ -28,7 +28,9 @@ class Host:
     known_hosts: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self, retain_collection_types=False)
+        values = attrs.asdict(self)
+        values["groups"] = list(self.groups)
+        return values
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Host:

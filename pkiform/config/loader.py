@@ -29,7 +29,7 @@ from pkiform.address import NAME_RE, Address
 from pkiform.config import values as checks
 from pkiform.errors import ConfigError
 from pkiform.model import Config, Host, ResourceSpec, Settings, TlsEdge
-from pkiform.provider import Field, Registry
+from pkiform.provider import PHASES, Field, Registry
 
 CONFIG_FILE = "pkiform.toml"
 EXTRA_GLOB = "*.pkiform.toml"
@@ -88,6 +88,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read: {exc}", file=str(path), hint="save it as UTF-8") from None
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError("invalid TOML: arrays or tables nested too deeply", file=str(path),
+                          hint="flatten the nesting") from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         hint = "fix the TOML syntax at that position"
@@ -103,6 +106,11 @@ class _Loader:
         self.registry = registry
         self.presets = presets
         self.main_file = str(directory / CONFIG_FILE)
+        self.origins: dict[tuple[str, str], str] = {}
+
+    def file_of(self, section: str, name: str = "") -> str:
+        """The file that declared a section (settings, preset) or a host."""
+        return self.origins.get((section, name), self.main_file)
 
     # -- 1. files and sections -----------------------------------------------------------
 
@@ -119,6 +127,7 @@ class _Loader:
                         raise ConfigError(f"[{section}] is declared in two files", file=str(path),
                                           hint="keep it in one file")
                     merged[section] = body
+                    origins[(section, "")] = str(path)
                 elif section == "tls":
                     if not isinstance(body, list):
                         raise ConfigError("tls must be an array of tables ([[tls]])",
@@ -147,32 +156,48 @@ class _Loader:
 
     def settings(self, raw: Any) -> Settings:
         raw = raw or {}
+        file = self.file_of("settings")
         if not isinstance(raw, dict):
-            raise ConfigError("[settings] must be a table", file=self.main_file,
+            raise ConfigError("[settings] must be a table", file=file,
                               hint="write [settings] with key = value lines")
         for key, value in raw.items():
             expected = SETTINGS_FIELDS.get(key)
             if expected is None:
                 raise ConfigError(
                     f"unknown setting {key!r}",
-                    file=self.main_file,
+                    file=file,
                     address="settings",
                     hint=f"known settings: {', '.join(SETTINGS_FIELDS)}",
                 )
             if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
                 raise ConfigError(f"{key} must be a {expected.__name__}, not {_type_name(value)}",
-                                  file=self.main_file, address="settings", hint=f"fix {key}")
+                                  file=file, address="settings", hint=f"fix {key}")
         settings = Settings(**raw)
         if settings.rotation not in ("zero-downtime", "immediate"):
             raise ConfigError(f"rotation {settings.rotation!r} is not a rotation mode",
-                              file=self.main_file, address="settings",
+                              file=file, address="settings",
                               hint='use "zero-downtime" or "immediate"')
         if not 0 <= settings.renew_before_days <= 3650:
             raise ConfigError("renew_before_days must be between 0 and 3650",
-                              file=self.main_file, address="settings", hint="pick e.g. 30")
+                              file=file, address="settings", hint="pick e.g. 30")
         if not 1 <= settings.parallelism <= 256:
-            raise ConfigError("parallelism must be between 1 and 256", file=self.main_file,
+            raise ConfigError("parallelism must be between 1 and 256", file=file,
                               address="settings", hint="pick e.g. 10")
+        for key in ("state_dir", "target_root", "key_file"):
+            value = raw.get(key)
+            if value is None:
+                continue
+            if "\0" in value or "\n" in value:
+                raise ConfigError(f"{key} contains a control character", file=file,
+                                  address="settings", hint=f"fix the path in {key}")
+            if key == "key_file" and value.startswith("~"):
+                try:
+                    Path(value).expanduser()
+                except RuntimeError:
+                    raise ConfigError(f"{key} {value!r}: cannot expand '~'", file=file,
+                                      address="settings",
+                                      hint="write an absolute path or ~/<path> for your home"
+                                      ) from None
         return settings
 
     def hosts(self, raw: Any) -> dict[str, Host]:
@@ -185,54 +210,55 @@ class _Loader:
         addresses: dict[tuple[str, int], str] = {}
         for name, table in raw.items():
             where = f"hosts.{name}"
-            if not NAME_RE.match(name):
-                raise ConfigError(f"host name {name!r} is not allowed", file=self.main_file,
-                                  address=where, hint="use letters, digits, '-' and '_'")
+            file = self.file_of("hosts", name)
+            if not NAME_RE.fullmatch(name):
+                raise ConfigError(f"host name {name!r} is not allowed", file=file,
+                                  address=f"hosts.{name!r}", hint="use letters, digits, '-' and '_'")
             if not isinstance(table, dict):
-                raise ConfigError("a host must be a table", file=self.main_file, address=where,
+                raise ConfigError("a host must be a table", file=file, address=where,
                                   hint=f"write [hosts.{name}] with address = ...")
             for key, value in table.items():
                 expected = HOST_FIELDS.get(key)
                 if expected is None:
-                    raise ConfigError(f"unknown host field {key!r}", file=self.main_file,
+                    raise ConfigError(f"unknown host field {key!r}", file=file,
                                       address=where,
                                       hint=f"known fields: {', '.join(HOST_FIELDS)}")
                 if not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
                     raise ConfigError(
                         f"{key} must be {expected.__name__ if isinstance(expected, type) else expected}"
                         f", not {_type_name(value)}",
-                        file=self.main_file, address=where, hint=f"fix {key}")
+                        file=file, address=where, hint=f"fix {key}")
             if "address" not in table:
-                raise ConfigError("host has no address", file=self.main_file, address=where,
+                raise ConfigError("host has no address", file=file, address=where,
                                   hint="add address = \"<IP or DNS name>\"")
             address = table["address"]
             if not checks.is_ip(address):
-                checks.check_dns_name(address, file=self.main_file, address=where, field="address")
+                checks.check_dns_name(address, file=file, address=where, field="address")
             groups = table.get("groups", [])
             for group in groups:
-                if not isinstance(group, str) or not NAME_RE.match(group):
+                if not isinstance(group, str) or not NAME_RE.fullmatch(group):
                     raise ConfigError(f"group {group!r} is not a valid group name",
-                                      file=self.main_file, address=where,
+                                      file=file, address=where,
                                       hint="use letters, digits, '-' and '_'")
             transport = table.get("transport", "local")
             if transport not in ("local", "ssh"):
-                raise ConfigError(f"transport {transport!r} is unknown", file=self.main_file,
+                raise ConfigError(f"transport {transport!r} is unknown", file=file,
                                   address=where, hint='use "local" or "ssh"')
             port = table.get("port", 22)
             if not 1 <= port <= 65535:
-                raise ConfigError(f"port {port} is out of range", file=self.main_file,
+                raise ConfigError(f"port {port} is out of range", file=file,
                                   address=where, hint="use a TCP port between 1 and 65535")
             user = table.get("user", "root")
             if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", user):
                 raise ConfigError(f"user {user!r} is not a valid login name",
-                                  file=self.main_file, address=where, hint="e.g. root or ubuntu")
+                                  file=file, address=where, hint="e.g. root or ubuntu")
             if transport == "ssh" and "\0" in table.get("identity_file", ""):
-                raise ConfigError("identity_file contains a NUL byte", file=self.main_file,
+                raise ConfigError("identity_file contains a NUL byte", file=file,
                                   address=where, hint="fix the path")
             key = (address, port)
             if transport == "ssh" and key in addresses:
                 raise ConfigError(f"address {address}:{port} is also host {addresses[key]}",
-                                  file=self.main_file, address=where,
+                                  file=file, address=where,
                                   hint="each host needs its own address")
             addresses[key] = name
             hosts[name] = Host(
@@ -256,25 +282,26 @@ class _Loader:
         tables: dict[str, dict[str, dict[str, Any]]] = {}
         tls: list[tuple[str, dict[str, Any]]] = []
         presets = raw.get("preset") or {}
+        preset_file = self.file_of("preset")
         if not isinstance(presets, dict):
-            raise ConfigError("preset must be a table: [preset.<name>]", file=self.main_file,
+            raise ConfigError("preset must be a table: [preset.<name>]", file=preset_file,
                               hint="write [preset.kubeadm]")
         for name, params in presets.items():
             expand = self.presets.get(name)
             if expand is None:
-                raise ConfigError(f"unknown preset {name!r}", file=self.main_file,
+                raise ConfigError(f"unknown preset {name!r}", file=preset_file,
                                   address=f"preset.{name}",
                                   hint=f"known presets: {', '.join(sorted(self.presets))}")
             if not isinstance(params, dict):
-                raise ConfigError("a preset's parameters must be a table", file=self.main_file,
+                raise ConfigError("a preset's parameters must be a table", file=preset_file,
                                   address=f"preset.{name}", hint=f"write [preset.{name}]")
-            expansion = expand(params, hosts, file=self.main_file)
-            origin = f"{self.main_file} (preset {name})"
+            expansion = expand(params, hosts, file=preset_file)
+            origin = f"{preset_file} (preset {name})"
             for kind, resources in expansion.resources.items():
                 for rname, table in resources.items():
                     if rname in tables.setdefault(kind, {}):
                         raise ConfigError(f"two presets declare {kind}.{rname}",
-                                          file=self.main_file, address=f"{kind}.{rname}",
+                                          file=preset_file, address=f"{kind}.{rname}",
                                           hint="use one preset per layout")
                     tables[kind][rname] = table
                     origins.setdefault((kind, rname), origin)
@@ -306,9 +333,9 @@ class _Loader:
 
     def check_table(self, kind: str, name: str, table: dict[str, Any], file: str) -> dict[str, Any]:
         address = f"{kind}.{name}"
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ConfigError(f"resource name {name!r} is not allowed", file=file,
-                              address=address, hint="use letters, digits, '-' and '_'")
+                              address=f"{kind}.{name!r}", hint="use letters, digits, '-' and '_'")
         provider = self.registry[kind]
         fields = {**COMMON_FIELDS, **provider.fields}
         result: dict[str, Any] = {}
@@ -328,6 +355,11 @@ class _Loader:
                     raise ConfigError(f"missing required field {key!r} ({field.doc})",
                                       file=file, address=address, hint=f"add {key} = ...")
                 result[key] = copy.deepcopy(field.default)
+        for key in ("for_each", "host"):
+            if result.get(key) == "":
+                raise ConfigError(f"{key} is empty", file=file, address=address,
+                                  hint=f"name a {'host group' if key == 'for_each' else 'host'}"
+                                  f", or remove {key}")
         if result.get("for_each") and result.get("host"):
             raise ConfigError("for_each and host are exclusive", file=file, address=address,
                               hint="keep one of them")
@@ -364,6 +396,18 @@ class _Loader:
         elif kind == "table":
             if not isinstance(value, dict):
                 raise fail("a table")
+            if key == "outside":
+                phases = ("apply", *PHASES)
+                for phase, notes in value.items():
+                    if phase not in phases:
+                        raise ConfigError(f"outside: {phase!r} is not a phase", file=file,
+                                          address=address, hint=f"phases: {', '.join(phases)}")
+                    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+                        raise ConfigError(f"outside.{phase} must be an array of strings",
+                                          file=file, address=address,
+                                          hint=f'write {phase} = ["what to do", ...]')
+        if kind == "mode":
+            checks.check_mode(value, file=file, address=address, field=key)
         if field.choices is not None and value not in field.choices:
             raise ConfigError(f"{key} = {value!r} is not allowed", file=file, address=address,
                               hint=f"use one of: {', '.join(map(str, field.choices))}")
@@ -377,6 +421,9 @@ class _Loader:
         if group:
             if group == "*":
                 members = list(hosts.values())
+                if not members:
+                    raise ConfigError("for_each '*' but no host is declared", file=file,
+                                      address=address, hint="declare [hosts.<name>] sections")
             else:
                 members = [h for h in hosts.values() if group in h.groups]
                 if not members:
@@ -447,6 +494,9 @@ class _Loader:
             raise ConfigError(f"{text}: [*] is not a single resource", file=file,
                               address=str(owner), hint="name one host")
         if target.host is not None:
+            if None in instances:
+                raise ConfigError(f"{base} is not per host: it has no instance [{target.host}]",
+                                  file=file, address=str(owner), hint=f"write {base}")
             if target.host not in instances:
                 raise ConfigError(f"{base} has no instance on host {target.host!r}", file=file,
                                   address=str(owner),
@@ -465,16 +515,20 @@ class _Loader:
 
     def build(self) -> Config:
         raw, origins = self.read()
+        self.origins = origins
         settings = self.settings(raw.get("settings"))
         hosts = self.hosts(raw.get("hosts"))
         tables, tls = self.apply_presets(raw, hosts, origins)
 
         checked: dict[Address, tuple[dict[str, Any], str]] = {}
+        disabled: set[Address] = set()
         for kind in sorted(tables):
             for name, table in sorted(tables[kind].items()):
                 file = origins.get((kind, name), self.main_file)
                 result = self.check_table(kind, name, table, file)
-                if result.get("enabled", True):
+                if not result.get("enabled", True):
+                    disabled.add(Address(kind, name))
+                else:
                     checked[Address(kind, name)] = (result, file)
 
         declared: dict[Address, set[str | None]] = {}
@@ -492,7 +546,7 @@ class _Loader:
             fields = {**COMMON_FIELDS, **provider.fields}
             for key, field in fields.items():
                 value = values.get(key)
-                if field.type == "ref" and value:
+                if field.type == "ref" and value is not None:
                     values[key] = self.resolve_ref(value, address, host, declared, field,
                                                    file=file)
                 elif field.type == "list[ref]" and value:
@@ -504,7 +558,12 @@ class _Loader:
 
         config = Config(path=self.main_file, settings=settings, hosts=hosts,
                         resources=resources, tls_edges=())
-        edges = tuple(self.tls_edge(origin, edge, declared) for origin, edge in tls)
+        # A preset's edge that names a resource the user disabled goes with that resource.
+        edges = tuple(
+            self.tls_edge(origin, edge, declared) for origin, edge in tls
+            if not ("(preset " in origin and isinstance(edge, dict) and any(
+                isinstance(v, str) and _base_or_none(v) in disabled for v in edge.values()))
+        )
         config = attrs.evolve(config, tls_edges=edges)
         self.validate(config)
         return config
@@ -540,7 +599,8 @@ class _Loader:
             except ConfigError:
                 raise ConfigError(f"{key}: {text!r} is not a resource address", file=file,
                                   address=where, hint="write <kind>.<name>") from None
-            if target.base not in declared:
+            instances = declared.get(target.base)
+            if instances is None or (target.host is not None and target.host not in instances):
                 raise ConfigError(f"{key}: reference to undeclared resource {text}", file=file,
                                   address=where, hint="declare it or fix the name")
             if target.kind not in kinds:
@@ -582,13 +642,21 @@ class _Loader:
         graph = dag.build(config.resources, dependencies)
         cycle = dag.find_cycle(graph)
         if cycle is not None:
+            cycle = cycle[::-1]  # graph edges point dependency → dependent; print "depends on"
             first = config.resources[cycle[0]]
             raise ConfigError(
-                "dependency cycle: " + " → ".join(map(str, cycle)),
+                "dependency cycle (→ means depends on): " + " → ".join(map(str, cycle)),
                 file=first.origin,
                 address=str(cycle[0]),
                 hint="remove one of these references; a resource cannot depend on itself",
             )
+
+
+def _base_or_none(text: str) -> Address | None:
+    try:
+        return Address.parse(text).base
+    except ConfigError:
+        return None
 
 
 def load_config(

@@ -40,7 +40,8 @@ def check_dns_name(text: str, *, file: str, address: str, field: str) -> str:
         not name
         or len(text) > 253
         or is_ip(text)
-        or not all(_DNS_LABEL.match(label) for label in labels)
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+        or (len(labels) > 1 and labels[-1].isdigit())  # "10.0.0.300": a bad IP, not a name
     ):
         raise ConfigError(
             f"{field}: {text!r} is not a valid DNS name",
@@ -54,7 +55,7 @@ def check_dns_name(text: str, *, file: str, address: str, field: str) -> str:
 
 def check_mode(value: Any, *, file: str, address: str, field: str) -> str:
     text = value if isinstance(value, str) else None
-    if text is None or not re.fullmatch(r"0?[0-7]{3}", text):
+    if text is None or not re.fullmatch(r"0?[0-7]{3,4}", text):
         raise ConfigError(
             f"{field}: {value!r} is not a file mode",
             file=file,
@@ -65,6 +66,9 @@ def check_mode(value: Any, *, file: str, address: str, field: str) -> str:
     if mode & 0o7000:
         raise ConfigError(f"{field}: setuid/setgid/sticky bits are not allowed", file=file,
                           address=address, hint='use a plain mode such as "0600"')
+    if mode & 0o002:
+        raise ConfigError(f"{field}: {value!r} lets anyone overwrite the file", file=file,
+                          address=address, hint='drop the write bit for others, e.g. "0644"')
     return f"0{mode:03o}"
 
 

@@ -1,0 +1,153 @@
+"""The state file: atomic, backed up, locked, encrypted, and loud about damage."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pkiform.errors import SecretKeyError, StateError, StateLockedError
+from pkiform.state.model import ResourceState, State
+from pkiform.state.store import StateStore
+
+
+def sample_state() -> State:
+    state = State.empty()
+    record = ResourceState(kind="cert", inputs={"common_name": "x", "dns_names": ["a", "b"]},
+                           deps={"ca.k:signing": "abc"}, digests={"cert": "d1"},
+                           outputs={"cert": "-----BEGIN CERTIFICATE-----\n", "n": 3})
+    return state.with_resource("cert.x[h-1]", record, {"key": "-----BEGIN PRIVATE KEY-----\nzz"})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    return StateStore(tmp_path / "state", key_file=tmp_path / "keys" / "state.key")
+
+
+def test_round_trip_with_secrets_encrypted_at_rest(store: StateStore) -> None:
+    state = sample_state()
+    store.save(state)
+    raw = store.path.read_bytes()
+    assert b"PRIVATE KEY" not in raw and b"aes256gcm:" in raw
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.key_file.stat().st_mode) == 0o600  # type: ignore[union-attr]
+    loaded = StateStore(store.directory, store.key_file).load()
+    assert loaded == state
+    assert StateStore(store.directory, store.key_file).load(decrypt=False).secrets == {}
+
+
+def test_each_save_uses_fresh_nonces_and_keeps_a_backup(store: StateStore) -> None:
+    state = sample_state()
+    store.save(state)
+    first = store.path.read_bytes()
+    store.save(state)
+    assert store.path.read_bytes() != first  # fresh nonce per write
+    assert store.backup_path.read_bytes() == first
+
+
+def test_ciphertext_swapped_between_resources_is_refused(store: StateStore) -> None:
+    state = sample_state()
+    other = state.secrets["cert.x[h-1]"]
+    state = state.with_resource("cert.y[h-1]", state.resources["cert.x[h-1]"], dict(other))
+    store.save(state)
+    text = store.path.read_text()
+    lines = text.splitlines()
+    # Swap the two ciphertexts: the address is bound as associated data.
+    idx = [i for i, line in enumerate(lines) if line.startswith("key = ")]
+    lines[idx[0]], lines[idx[1]] = lines[idx[1]], lines[idx[0]]
+    store.path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SecretKeyError, match="does not decrypt"):
+        StateStore(store.directory, store.key_file).load()
+
+
+def test_wrong_key_is_a_clear_error_that_touches_nothing(store: StateStore, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store.save(sample_state())
+    before = store.path.read_bytes()
+    monkeypatch.setenv("PKIFORM_STATE_KEY", base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(SecretKeyError, match="not the key this state was encrypted with"):
+        StateStore(store.directory, store.key_file).load()
+    assert store.path.read_bytes() == before
+
+
+def test_missing_key_file_names_it(store: StateStore) -> None:
+    store.save(sample_state())
+    store.key_file.unlink()  # type: ignore[union-attr]
+    with pytest.raises(SecretKeyError, match="does not exist"):
+        StateStore(store.directory, store.key_file).load()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "version", "no-lineage"])
+def test_damaged_state_is_refused_and_backup_offered(store: StateStore, damage: str) -> None:
+    store.save(sample_state())
+    store.save(sample_state())  # now a backup exists
+    text = store.path.read_text()
+    corrupted = {
+        "truncate": text[: len(text) // 3],
+        "garbage": "\x00\x01not toml at all [[[",
+        "version": text.replace("version = 1", "version = 99"),
+        "no-lineage": "\n".join(line for line in text.splitlines()
+                                if not line.startswith("lineage")),
+    }[damage]
+    store.path.write_text(corrupted)
+    with pytest.raises(StateError) as info:
+        StateStore(store.directory, store.key_file).load()
+    message = str(info.value)
+    assert str(store.path) in message
+    assert str(store.backup_path) in message or "version" in message
+    assert store.path.read_text() == corrupted  # nothing overwritten
+
+
+def test_journal_replays_completed_steps_and_tolerates_a_torn_tail(store: StateStore) -> None:
+    base = sample_state()
+    store.save(base)
+    record = ResourceState(kind="file", outputs={"path": "/x", "host": "h-1"})
+    store.journal_append(base, "file.x[h-1]", record, {})
+    store.journal_append(base, "cert.x[h-1]", None, {})
+    with open(store.journal_path, "ab") as handle:
+        handle.write(b'{"lineage": "torn')  # a write cut short by a crash
+    loaded = StateStore(store.directory, store.key_file).load()
+    assert loaded.get("file.x[h-1]") == record
+    assert loaded.get("cert.x[h-1]") is None
+    committed = store.commit(loaded)
+    assert committed.serial == base.serial + 1
+    assert not store.journal_path.exists()
+
+
+def test_second_locker_fails_fast_naming_the_holder(store: StateStore) -> None:
+    with store.lock("apply") as info:
+        other = StateStore(store.directory, store.key_file)
+        with pytest.raises(StateLockedError) as error:
+            with other.lock("apply"):
+                pass
+        assert info.id in str(error.value) and "force-unlock" in str(error.value)
+
+
+def test_lock_timeout_waits_for_the_holder(store: StateStore) -> None:
+    released = threading.Event()
+
+    def hold() -> None:
+        with store.lock("apply"):
+            released.wait(5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    time.sleep(0.2)
+    threading.Timer(0.3, released.set).start()
+    started = time.monotonic()
+    with StateStore(store.directory, store.key_file).lock("apply", timeout=5):
+        waited = time.monotonic() - started
+    thread.join()
+    assert 0.1 < waited < 5
+
+
+def test_force_unlock_needs_the_right_id(store: StateStore) -> None:
+    with store.lock("apply") as info:
+        with pytest.raises(StateLockedError):
+            store.force_unlock("not-the-id")
+        assert store.force_unlock(info.id).id == info.id
