@@ -239,7 +239,13 @@ class Planner:
         # A phased plan walks every phase; changes outside a rotation (creates, config edits,
         # leftovers of an interrupted phase) go in the first, so they land before the next
         # rotation step relies on them. Empty phases are dropped at the end.
-        phases = list(PHASES) if multi else [SINGLE_PHASE]
+        phases = [SINGLE_PHASE]
+        if multi:
+            # Resuming at a later step: leftovers of the interrupted phase are finished in that
+            # phase (the one before the next step), not relabelled as an earlier one.
+            earliest = min(PHASES.index(s.phase) for steps in pending.values() for s in steps
+                           if s.phase in PHASES)
+            phases = list(PHASES[max(0, earliest - 1):])
 
         tokens: dict[str, str] = {}
         causes: dict[str, str] = {}
@@ -343,9 +349,15 @@ class Planner:
                         outside[phase].append(note)
 
         changes = self._deletes(phases[0]) + changes
-        if mode == "immediate" and multi:
-            notes.append("immediate rotation: connections between components break from the "
-                         "first restart until the last one")
+        rotated = sorted(
+            str(a) for a in pending
+            if len(self.provider(a).replace_steps(self.config.resources[a], "zero-downtime")) > 1
+        )
+        if mode == "immediate" and rotated:
+            notes.append(
+                f"immediate rotation of {', '.join(rotated)}: TLS connections between components "
+                "break from the first restart until the last one (peers trust different CAs); "
+                "use it only for throwaway clusters")
         used = {c.phase for c in changes}
         infos = tuple(
             PhaseInfo(p, PHASE_DOCS.get(p, p), tuple(outside.get(p, ())))

@@ -125,7 +125,7 @@ class Workspace:
         parallelism: int | None = None,
         lock_timeout: float = 0.0,
         keygen_workers: int | None = None,
-        saved: bool = False,
+        on_phase_end: Any = None,
     ) -> ApplyResult:
         with self.store.lock("apply", timeout=lock_timeout):
             check_plan_current(plan, self.store)
@@ -134,6 +134,7 @@ class Workspace:
                 hooks=hooks,
                 parallelism=parallelism or self.config.settings.parallelism,
                 keygen_workers=keygen_workers,
+                on_phase_end=on_phase_end,
             )
             return applier.run()
 
