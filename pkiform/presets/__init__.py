@@ -25,9 +25,10 @@ Preset = Callable[..., Expansion]
 
 
 def builtin_presets() -> dict[str, Preset]:
+    from pkiform.presets.hardway import expand as hard_way
     from pkiform.presets.kubeadm import expand as kubeadm
 
-    return {"kubeadm": kubeadm}
+    return {"kubeadm": kubeadm, "hard-way": hard_way}
 
 
 __all__ = ["Expansion", "Host", "Preset", "builtin_presets"]
