@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import heapq
+import itertools
 import os
 import threading
 import time
@@ -245,7 +246,7 @@ class Applier:
                 groups[change.rolling].append(change)
         for members in groups.values():
             members.sort(key=lambda c: c.address)
-            for before, after in zip(members, members[1:]):
+            for before, after in itertools.pairwise(members):
                 deps[after.address].add(before.address)
         return dag.build(by_address, deps)
 
@@ -288,7 +289,7 @@ class Applier:
             for transport in self._transports.values():
                 try:
                     transport.close()
-                except Exception:  # noqa: BLE001 - closing must not hide the real outcome
+                except Exception:
                     pass
         if done:
             self.state = self.store.commit(self.state)
@@ -331,7 +332,7 @@ class Applier:
                     duration = time.monotonic() - began
                     try:
                         record, secrets, message = future.result()
-                    except Exception as exc:  # noqa: BLE001 - every failure is reported
+                    except Exception as exc:
                         reason = str(exc) if isinstance(exc, PkiformError) else (
                             f"{type(exc).__name__}: {exc}")
                         failed.append((change, reason))

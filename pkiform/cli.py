@@ -141,7 +141,7 @@ class ProgressHook:
                 host = change.host or "-"
                 tally = self.per_host.setdefault(host, {"done": 0, "failed": 0, "skipped": 0})
                 tally[event.kind] += 1
-                symbol, word, code = SYMBOLS[change.action]
+                _symbol, word, _code = SYMBOLS[change.action]
                 mark = {"done": self.style("✓", "32"), "failed": self.style("✗", "31"),
                         "skipped": self.style("–", "33")}[event.kind]
                 detail = f"  {event.message}" if event.message else ""
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     except KeyboardInterrupt:
         err.write("Interrupted. Completed steps are in the state; run apply again to finish.\n")
         return 130
-    except Exception as exc:  # noqa: BLE001 - a bug still gets a readable line
+    except Exception as exc:
         if os.environ.get("PKIFORM_DEBUG"):
             raise
         err.write(f"Error: internal error {type(exc).__name__}: {exc} (set PKIFORM_DEBUG=1 "

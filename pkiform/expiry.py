@@ -79,7 +79,7 @@ def expiry_rows(state: State, config: Config, now: datetime) -> list[ExpiryRow]:
     return sorted(rows, key=lambda r: (r.expires, r.address))
 
 
-def _parse(address: str):  # noqa: ANN202 - tiny adapter
+def _parse(address: str):
     from pkiform.address import Address
 
     return Address.parse(address)

@@ -42,7 +42,7 @@ def find_cycle(graph: nx.DiGraph) -> list[Any] | None:
     except nx.NetworkXNoCycle:
         return None
     cycle = [edge[0] for edge in edges]
-    return cycle + [cycle[0]]
+    return [*cycle, cycle[0]]
 
 
 def require_acyclic(graph: nx.DiGraph, describe: Callable[[Any], str] = str) -> None:

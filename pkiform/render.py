@@ -57,7 +57,7 @@ def summary_line(plan: Plan) -> str:
 
 
 def render_change(change: Change, style: Style) -> list[str]:
-    symbol, word, code = SYMBOLS[change.action]
+    symbol, _word, code = SYMBOLS[change.action]
     head = f"  {style(symbol.rjust(3), code)} {style(str(change.address), '1')}"
     if change.summary:
         head += f"  {style(change.summary, '2')}"

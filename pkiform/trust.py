@@ -285,7 +285,7 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry) -> Proof
     }
     # Memoize on the concrete inputs: many pairs share identical chains and bundles.
     verdicts: dict[tuple[Any, ...], list[str]] = {}
-    boundaries = list(zip(views, views[1:])) or [(views[0], views[0])]
+    boundaries = list(itertools.pairwise(views)) or [(views[0], views[0])]
     for (_, before), (phase, after) in boundaries:
         combos = [("before", before, "before", before), ("before", before, "after", after),
                   ("after", after, "before", before), ("after", after, "after", after)]

@@ -90,7 +90,7 @@ class CaProvider:
             changes = common.describe_changes(prior.inputs, self.inputs(request.spec))
             if changes:
                 decision = decision.merge(Decision(
-                    Action.REPLACE, tuple(changes) + ("a changed CA is a new CA",), ALL_OUTPUTS))
+                    Action.REPLACE, (*tuple(changes), "a changed CA is a new CA"), ALL_OUTPUTS))
             expiry = common.expiry_reason(prior.outputs.get("not_after"), request.now,
                                           request.renew_before_days)
             if expiry:

@@ -255,7 +255,8 @@ class StateStore:
         if state.secrets:
             if key is None:
                 raise SecretKeyError("refusing to write secrets without a state key")
-            document["secrets"] = secret_box.encrypt_section(key, dict(sorted(state.secrets.items())))
+            document["secrets"] = secret_box.encrypt_section(
+                key, dict(sorted(state.secrets.items())))
         return tomli_w.dumps(document).encode()
 
     def save(self, state: State) -> None:
@@ -290,7 +291,8 @@ class StateStore:
         }
         line = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode() + b"\n"
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+        fd = os.open(self.journal_path, flags, 0o600)
         try:
             os.write(fd, line)
             os.fsync(fd)

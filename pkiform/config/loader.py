@@ -116,7 +116,7 @@ class _Loader:
 
     def read(self) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
         """Merge the config files; remember which file declared each resource."""
-        paths = [self.directory / CONFIG_FILE] + sorted(self.directory.glob(EXTRA_GLOB))
+        paths = [self.directory / CONFIG_FILE, *sorted(self.directory.glob(EXTRA_GLOB))]
         merged: dict[str, Any] = {}
         origins: dict[tuple[str, str], str] = {}
         for path in paths:
@@ -169,7 +169,7 @@ class _Loader:
                     address="settings",
                     hint=f"known settings: {', '.join(SETTINGS_FIELDS)}",
                 )
-            if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
                 raise ConfigError(f"{key} must be a {expected.__name__}, not {_type_name(value)}",
                                   file=file, address="settings", hint=f"fix {key}")
         settings = Settings(**raw)
@@ -213,7 +213,8 @@ class _Loader:
             file = self.file_of("hosts", name)
             if not NAME_RE.fullmatch(name):
                 raise ConfigError(f"host name {name!r} is not allowed", file=file,
-                                  address=f"hosts.{name!r}", hint="use letters, digits, '-' and '_'")
+                                  address=f"hosts.{name!r}",
+                                  hint="use letters, digits, '-' and '_'")
             if not isinstance(table, dict):
                 raise ConfigError("a host must be a table", file=file, address=where,
                                   hint=f"write [hosts.{name}] with address = ...")
@@ -225,7 +226,8 @@ class _Loader:
                                       hint=f"known fields: {', '.join(HOST_FIELDS)}")
                 if not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
                     raise ConfigError(
-                        f"{key} must be {expected.__name__ if isinstance(expected, type) else expected}"
+                        f"{key} must be "
+                        f"{expected.__name__ if isinstance(expected, type) else expected}"
                         f", not {_type_name(value)}",
                         file=file, address=where, hint=f"fix {key}")
             if "address" not in table:
@@ -568,7 +570,9 @@ class _Loader:
         self.validate(config)
         return config
 
-    def tls_edge(self, file: str, edge: Any, declared: Mapping[Address, set[str | None]]) -> TlsEdge:
+    def tls_edge(
+        self, file: str, edge: Any, declared: Mapping[Address, set[str | None]]
+    ) -> TlsEdge:
         if not isinstance(edge, dict):
             raise ConfigError("each [[tls]] entry must be a table", file=file,
                               hint="write [[tls]] then its fields")

@@ -8,10 +8,10 @@ a symlink) because the same code path is what the crash-safety tests exercise.
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import os
 import pwd
-import grp
 import stat
 import uuid
 from collections.abc import Mapping, Sequence
