@@ -344,7 +344,10 @@ class Planner:
                         steps_total=all_steps.get(address, ()),
                     )
                 )
-                for note in (spec.get("outside") or {}).get(phase, ()):
+                # What to do outside pkiform concerns replacements, not first creation.
+                notes_for = (spec.get("outside") or {}) if decision.action is not Action.CREATE \
+                    else {}
+                for note in notes_for.get(phase, ()):
                     if note not in outside[phase]:
                         outside[phase].append(note)
 
