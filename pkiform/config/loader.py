@@ -41,10 +41,12 @@ COMMON_FIELDS: Mapping[str, Field] = {
     "depends_on": Field("list[ref]", default=(), doc="extra ordering dependencies"),
     "enabled": Field("bool", default=True, doc="false drops a preset's resource"),
     "outside": Field(
-        "table", default=None, doc="per phase, what must be done outside pkiform afterwards"
+        "table", default=None, doc="per phase, what must be done outside pkiform afterwards",
+        interpolate=False,  # free text for people: shell snippets with braces stay as written
     ),
 }
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# {host.name} / {host.address}; "{{" and "}}" stand for literal braces.
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 SETTINGS_FIELDS: Mapping[str, type | tuple[type, ...]] = {
     "state_dir": str,
     "target_root": str,
@@ -446,6 +448,8 @@ class _Loader:
     def interpolate(self, value: Any, host: Host | None, *, file: str, address: str) -> Any:
         if isinstance(value, str):
             def substitute(match: re.Match[str]) -> str:
+                if match.group(0) in ("{{", "}}"):
+                    return match.group(0)[0]
                 key = match.group(1)
                 if host is not None and key == "host.name":
                     return host.name
@@ -456,7 +460,7 @@ class _Loader:
                     file=file,
                     address=address,
                     hint="only {host.name} and {host.address} exist, and only in resources "
-                    "that have for_each or host",
+                    "that have for_each or host; write {{ and }} for literal braces",
                 )
 
             return _PLACEHOLDER.sub(substitute, value)
@@ -538,7 +542,12 @@ class _Loader:
         for base, (table, file) in checked.items():
             for host in self.instance_hosts(str(base), table, hosts, file):
                 address = base.on(host.name) if host and table.get("for_each") else base
-                values = self.interpolate(table, host, file=file, address=str(address))
+                fields = {**COMMON_FIELDS, **self.registry[base.kind].fields}
+                values = {
+                    key: self.interpolate(value, host, file=file, address=str(address))
+                    if fields[key].interpolate else value
+                    for key, value in table.items()
+                }
                 instances.append((address, host, values, file))
                 declared.setdefault(base, set()).add(address.host)
 
@@ -621,6 +630,15 @@ class _Loader:
             server_client_ca=ref("server_client_ca", ("ca",)),
             pairs=pairs, origin=file,
         )
+        # The name only matters where the server's certificate is checked against it.
+        if "{server." in result.server_name and result.server_cert is not None:
+            cert = result.server_cert
+            if cert.host is None and None in declared.get(cert.base, {None}):
+                raise ConfigError(
+                    f"server_name {result.server_name!r} names the server's host, but "
+                    f"server_cert {cert} is not a per-host resource",
+                    file=file, address=where,
+                    hint="use a literal name, or point server_cert at a for_each resource")
         server_half = result.server_cert is not None and result.client_trust is not None
         client_half = result.client_cert is not None and result.server_client_ca is not None
         if not server_half and not client_half:
