@@ -61,6 +61,8 @@ def render_change(change: Change, style: Style) -> list[str]:
     head = f"  {style(symbol.rjust(3), code)} {style(str(change.address), '1')}"
     if change.summary:
         head += f"  {style(change.summary, '2')}"
+    if change.rolling and change.action is Action.RESTART:
+        head += f"  {style('(rolling: one host at a time, health-checked)', '2')}"
     lines = [head]
     for reason in change.reasons:
         lines.append(f"        {style('·', '2')} {reason}")

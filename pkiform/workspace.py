@@ -54,10 +54,23 @@ class Workspace:
             key_file = self.directory / key_file
         self.store = StateStore(self.directory / settings.state_dir, key_file)
         self.target_root = self.directory / settings.target_root
+        self._transports: dict[str, Any] = {}
 
     # -- transports -------------------------------------------------------------------
 
     def transport_factory(self, host: Host) -> Any:
+        """One transport (one SSH connection) per host for the whole run: plan and apply."""
+        cached = self._transports.get(host.name)
+        if cached is None:
+            cached = self._transports[host.name] = self._new_transport(host)
+        return cached
+
+    def close(self) -> None:
+        for transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
+
+    def _new_transport(self, host: Host) -> Any:
         if host.transport == "local":
             from pkiform.transport.local import LocalTransport
 
@@ -81,15 +94,28 @@ class Workspace:
             host = self.config.hosts.get(host_name)
             if host is None or (hosts is not None and host_name not in hosts):
                 continue
-            transport = self.transport_factory(host)
-            try:
-                stats = transport.read_files([path for _, path in files])
-            finally:
-                transport.close()
+            stats = self.transport_factory(host).read_files([path for _, path in files])
             for address, path in files:
                 stat = stats.get(path)
                 observations[address] = Observation(
                     content_sha256=None if stat is None or stat.is_symlink else stat.sha256)
+        # Services that name their TLS endpoint: what is the process actually serving?
+        for address_text, record in state.resources.items():
+            if record.kind != "service" or not record.outputs.get("serving_fingerprint"):
+                continue
+            address = Address.parse(address_text)
+            spec = self.config.resources.get(address)
+            host = self.config.hosts.get(record.outputs.get("host", ""))
+            if spec is None or host is None or not spec.get("tls_endpoint"):
+                continue
+            if hosts is not None and host.name not in hosts:
+                continue
+            pem = self.transport_factory(host).serving_certificate(spec["tls_endpoint"])
+            if pem is not None:
+                from pkiform.pki.certs import describe_certificate
+
+                observations[address] = Observation(
+                    serving_fingerprint=describe_certificate(pem).fingerprint_sha256)
         return observations
 
     # -- plan / apply -------------------------------------------------------------------
