@@ -35,7 +35,16 @@ DEFAULTS: Mapping[str, Any] = {
     "ca_validity_days": 3650,
     "services": True,
     "units": {},
+    "health_checks": True,
 }
+# Rolling restarts wait for these before touching the next host (etcd: quorum; apiserver:
+# the load balancer must have a healthy backend).
+ETCD_HEALTH = (
+    "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/"
+    "ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/"
+    "etcd/healthcheck-client.key endpoint health"
+)
+APISERVER_HEALTH = "curl -fsSk --max-time 5 https://127.0.0.1:{port}/livez"
 UNITS = {
     "etcd": "etcd.service",
     "kube-apiserver": "kube-apiserver.service",
@@ -233,12 +242,17 @@ def expand(raw: Mapping[str, Any], hosts: Mapping[str, Host], *, file: str) -> E
                                  "source": f"kubeconfig.{name}", "content": "kubeconfig",
                                  "mode": "0600"}
 
+    def health(command: str) -> dict[str, str]:
+        return {"health_command": command} if params["health_checks"] else {}
+
     if params["services"]:
         resources["service"] = {
-            "etcd": {**cp, "unit": units["etcd"], "max_unavailable": 1, "uses": [
+            "etcd": {**cp, "unit": units["etcd"], "max_unavailable": 1, **health(ETCD_HEALTH),
+                     "uses": [
                 "file.etcd-ca-crt", "file.etcd-server-crt", "file.etcd-server-key",
                 "file.etcd-peer-crt", "file.etcd-peer-key"]},
             "kube-apiserver": {**cp, "unit": units["kube-apiserver"], "max_unavailable": 1,
+                               **health(APISERVER_HEALTH.format(port=params["bind_port"])),
                                "uses": [
                 "file.ca-crt", "file.apiserver-crt", "file.apiserver-key",
                 "file.apiserver-kubelet-client-crt", "file.apiserver-kubelet-client-key",
