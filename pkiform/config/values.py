@@ -85,6 +85,9 @@ def check_absolute_path(value: str, *, file: str, address: str, field: str) -> s
     if "\0" in value or "\n" in value:
         raise ConfigError(f"{field}: the path contains a control character", file=file,
                           address=address, hint="remove it")
+    if value.endswith("/"):
+        raise ConfigError(f"{field}: {value!r} names a directory, not a file", file=file,
+                          address=address, hint="write the file's full path (no trailing '/')")
     normal = posixpath.normpath(value)
     if normal != value or "/../" in value or value.endswith("/..") or value == "/":
         raise ConfigError(
