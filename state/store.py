@@ -218,7 +218,7 @@ class StateStore:
         if key is None:
             path = self.default_key_path(lineage)
             if path.exists() or not create:
-                key = secret_box.read_key_file(path)
+                key = self._matching_key_file(path)
             else:
                 key = secret_box.create_key_file(path)
                 self.notice = (
@@ -227,6 +227,21 @@ class StateStore:
                 )
         self._key = key
         return key
+
+    def _matching_key_file(self, path: Path) -> secret_box.StateKey:
+        """The key file whose key id the state names.
+
+        ``state rekey`` writes ``<key>.new``, re-encrypts the state, then renames; if it was
+        killed in between, the state already names the new key: find it by its id.
+        """
+        expected = (self._raw or {}).get("key_id")
+        for candidate in (path, path.with_name(path.name + ".new"),
+                          path.with_name(path.name + ".previous")):
+            if candidate.exists():
+                key = secret_box.read_key_file(candidate)
+                if expected is None or key.key_id == expected:
+                    return key
+        return secret_box.read_key_file(path)
 
     def _new_salt(self) -> bytes:
         if self._raw is not None and "kdf_salt" not in self._raw:
