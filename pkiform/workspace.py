@@ -17,7 +17,7 @@ from typing import Any
 from pkiform.address import Address
 from pkiform.apply import Applier, ApplyResult, Hook, check_plan_current
 from pkiform.config import load_config
-from pkiform.errors import PkiformError, TransportError
+from pkiform.errors import ConfigError, PkiformError, TransportError
 from pkiform.model import Config, Host
 from pkiform.plan import Plan, make_plan
 from pkiform.provider import Observation, Registry
@@ -49,7 +49,12 @@ class Workspace:
         self.registry = registry or default_registry()
         self.config: Config = load_config(self.directory, self.registry, default_presets())
         settings = self.config.settings
-        key_file = Path(settings.key_file).expanduser() if settings.key_file else None
+        try:
+            key_file = Path(settings.key_file).expanduser() if settings.key_file else None
+        except RuntimeError:
+            raise ConfigError(f"key_file {settings.key_file!r}: unknown home directory",
+                              file=self.config.path, address="settings",
+                              hint="write an absolute path") from None
         if key_file is not None and not key_file.is_absolute():
             key_file = self.directory / key_file
         self.store = StateStore(self.directory / settings.state_dir, key_file)

@@ -92,11 +92,12 @@ class FileProvider:
                 owners[(spec.host.name, spec["path"])].append(spec)
         for (host, path), specs in sorted(owners.items()):
             if len(specs) > 1:
-                names = sorted(str(s.address) for s in specs)
+                specs = sorted(specs, key=lambda s: s.address)
+                names = [str(s.address) for s in specs]
                 raise ConfigError(
                     f"{path} on host {host} is declared by {len(specs)} resources: "
                     + ", ".join(names),
-                    file=specs[0].origin, address=names[1],
+                    file=specs[1].origin, address=names[1],
                     hint="give each file its own path, or drop one of the declarations")
 
     def inputs(self, spec: ResourceSpec) -> Mapping[str, Any]:

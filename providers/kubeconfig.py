@@ -7,6 +7,7 @@ a CA rotation it holds old and new, which is what keeps clients connected.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -53,7 +54,8 @@ class KubeconfigProvider:
 
     def validate(self, spec: ResourceSpec, config: Config, registry: Registry) -> None:
         server = spec["server"]
-        if not server.startswith("https://") or len(server) <= len("https://"):
+        if not re.fullmatch(r"https://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/\S*)?",
+                            server):
             raise ConfigError(f"server {server!r} is not an https:// URL", file=spec.origin,
                               address=str(spec.address),
                               hint="write e.g. https://10.0.0.10:6443")

@@ -56,7 +56,7 @@ class ServiceProvider:
 
     def validate(self, spec: ResourceSpec, config: Config, registry: Registry) -> None:
         where = {"file": spec.origin, "address": str(spec.address)}
-        if not UNIT_RE.match(spec["unit"]):
+        if not UNIT_RE.fullmatch(spec["unit"]):
             raise ConfigError(f"unit {spec['unit']!r} is not a systemd unit name",
                               hint="e.g. etcd.service", **where)
         max_unavailable = spec.get("max_unavailable")
@@ -67,7 +67,7 @@ class ServiceProvider:
             raise ConfigError("health_timeout must be between 1 and 3600 seconds",
                               hint="e.g. 60", **where)
         url = spec.get("health_url")
-        if url and not re.match(r"^https?://[^\s]+$", url):
+        if url and not re.fullmatch(r"https?://[^\s]+", url):
             raise ConfigError(f"health_url {url!r} is not an http(s) URL", hint="e.g. "
                               "https://127.0.0.1:2379/health", **where)
         if bool(spec.get("tls_endpoint")) != bool(spec.get("serving_cert")):
