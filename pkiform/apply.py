@@ -74,6 +74,19 @@ def check_plan_current(plan: Plan, store: StateStore) -> None:
         )
 
 
+def _die_with_parent() -> None:
+    """Keygen workers must not outlive a killed apply (they would hold its pipes open)."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers end when their queue closes
+        pass
+
+
 def _generate_key(algorithm: str) -> bytes:
     from pkiform.pki.keys import generate_private_key_pem
 
@@ -89,7 +102,8 @@ class KeySource:
         total = sum(len(v) for v in requests.values())
         workers = workers if workers is not None else (os.cpu_count() or 1)
         if total >= 4 and workers > 1:
-            self._pool = cf.ProcessPoolExecutor(max_workers=workers)
+            self._pool = cf.ProcessPoolExecutor(max_workers=workers,
+                                                initializer=_die_with_parent)
             # Submit in plan order, but chunked so a pool worker amortises IPC over a few keys.
             for address, algorithms in requests.items():
                 for algorithm in algorithms:
@@ -281,7 +295,13 @@ class Applier:
                         self.emit(Event("skipped", reason, change, phase.name))
                     continue
                 self.emit(Event("phase", phase.description, None, phase.name))
-                self._run_phase(phase.name, changes, base, done, failed, skipped)
+                # Deletes first: nothing kept depends on a deleted resource, and a file
+                # renamed in place must be removed before its successor writes the path.
+                deletes = [c for c in changes if c.action is Action.DELETE]
+                if deletes:
+                    self._run_phase(phase.name, deletes, base, done, failed, skipped)
+                self._run_phase(phase.name, [c for c in changes if c.action is not Action.DELETE],
+                                base, done, failed, skipped)
                 if self._on_phase_end is not None and not failed:
                     self._on_phase_end(phase.name, self.state)
         finally:

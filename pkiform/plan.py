@@ -403,6 +403,8 @@ class Planner:
                 reasons=("not in config",),
                 kind=gone[address].kind,
                 summary=_summary_from_state(gone[address].outputs),
+                # A resource is deleted only after everything that was built from it.
+                order_after=tuple(sorted(graph.successors(address))),
             )
             for address in order
         ]

@@ -167,7 +167,26 @@ class CaProvider:
             key_pem = generations.active_key.encode()
             public, _ = self._issue(request, key_pem)
             generations.items[generations.active] = public
+        if spec.get("signer") is not None:
+            generations = self._resign_under_current_parent(request, generations)
         return self._result(spec, generations)
+
+    def _resign_under_current_parent(
+        self, request: ApplyRequest, generations: Generations
+    ) -> Generations:
+        """An intermediate's generations must chain to its parent's active CA.
+
+        When the parent was rotated in this same phase (or an earlier one), re-sign every
+        generation with its own key under the parent's current signing cert.
+        """
+        parent = x509.describe_certificate(
+            request.context.value(Ref(request.spec["signer"], "signing")))
+        for index, item in enumerate(generations.items):
+            info = x509.describe_certificate(item["cert"].encode())
+            if info.authority_key_id_hex != parent.subject_key_id_hex:
+                public, _ = self._issue(request, generations.keys[index].encode())
+                generations.items[index] = public
+        return generations
 
     def _result(self, spec: ResourceSpec, generations: Generations) -> ResourceResult:
         active = generations.active_item

@@ -488,7 +488,7 @@ def _hard_way_dir(tmp_path: Path, preset: str, hosts: str | None = None) -> Path
 
 @pytest.mark.parametrize(("preset", "hosts", "message"), [
     ("bogus = 1", None, "unknown parameter 'bogus'"),
-    ('service_cidr = "nope"', None, "is not a CIDR"),
+    ('service_cidr = "nope"', None, "is not a usable service CIDR"),
     ('api_server = "http://kubernetes:6443"', None, "is not an https:// URL"),
     ('units = { etcdx = "e.service" }', None, "unknown component 'etcdx'"),
     ("", '[hosts.w]\naddress = "10.0.0.1"\ngroups = ["worker"]\n', "no host is in group"),

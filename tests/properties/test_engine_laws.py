@@ -9,9 +9,9 @@
 7. a rolling group never has two members restarting at once;
 8. a failure skips exactly its dependents, and a second apply converges to the state of an
    uninterrupted run;
-9. removing or moving resources leaves exactly the declared files on the hosts (plus two
-   strict xfails: deletes are not ordered dependents-first, and a file renamed in place is
-   deleted after its new incarnation wrote it).
+9. removing or moving resources leaves exactly the declared files on the hosts; deletes run
+   dependents-first, and a file renamed in place survives (both were engine bugs these tests
+   found).
 
 Expected sets are computed from the specs' attributes with networkx, not with engine code.
 """
@@ -26,7 +26,6 @@ from typing import Any
 
 import attrs
 import networkx as nx
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -485,15 +484,13 @@ def test_removed_and_moved_resources_leave_exactly_the_declared_files(config: An
         assert files_on_hosts(harness) == declared_files(smaller)
 
 
-DELETE_ORDER_BUG = (
-    "engine bug: Planner._deletes lists deletes dependents first (reverse recorded deps), "
-    "but a delete Change carries no dependencies, so Applier._phase_graph has no edge between "
-    "them and runs them in address order (or in parallel): node.a is deleted before node.b, "
-    "which was built from it"
-)
+# regression (fixed): Planner._deletes lists deletes dependents first (reverse recorded deps),
+# but a delete Change carries no dependencies, so Applier._phase_graph has no edge between  them
+# and runs them in address order (or in parallel): node.a is deleted before node.b,  which was
+# built from it
 
 
-@pytest.mark.xfail(strict=True, reason=DELETE_ORDER_BUG)
+
 def test_deletes_run_dependents_first() -> None:
     a, b = Address("node", "a"), Address("node", "b")
     config = make_config({}, {
@@ -510,17 +507,14 @@ def test_deletes_run_dependents_first() -> None:
         assert [address for _, address in sorted(harness.recorder.deletes)] == [b, a]
 
 
-RENAME_BUG = (
-    "engine bug: renaming a file resource while keeping its path plans a delete of the old "
-    "address and a create of the new one in the same phase with no edge between them; the "
-    "Applier runs the create (file.a) first and the delete (file.z) then removes the file "
-    "just written, so the host ends without the file while the state records it (the plan "
-    "after apply is empty without a refresh). Same with the real FileProvider and "
-    "LocalTransport"
-)
+# regression (fixed): renaming a file resource while keeping its path plans a delete of the old
+# address and a create of the new one in the same phase with no edge between them; the  Applier
+# runs the create (file.a) first and the delete (file.z) then removes the file  just written, so
+# the host ends without the file while the state records it (the plan  after apply is empty
+# without a refresh). Same with the real FileProvider and  LocalTransport
 
 
-@pytest.mark.xfail(strict=True, reason=RENAME_BUG)
+
 def test_renaming_a_file_keeps_it_on_its_host() -> None:
     host = Host("h0", "10.0.0.1")
     node, old = Address("node", "n"), Address("file", "z", "h0")

@@ -8,8 +8,9 @@
     a plan cut after phase k, or failing writes in phase k+1) resumes without repeating or
     losing a step and ends like an uninterrupted one.
 
-Rotating an intermediate together with its parent is a known engine bug: it is excluded from
-9 and 11 and pinned by the strict xfail `test_rotating_an_intermediate_with_its_parent`.
+Rotating an intermediate together with its parent is checked on its own by
+`test_rotating_an_intermediate_with_its_parent` (it found an engine bug, since fixed: the
+intermediate was left signed by the retired root).
 
 Keys are ECDSA P-256 and files land in a temp dir through the local transport.
 """
@@ -175,7 +176,7 @@ def check_converged(env: PkiEnv, pki: Pki, state: State, retired: set[str]) -> N
 
 def draw_replaced(data: Any, pki: Pki, *, parent_and_child: bool = True) -> list[Address]:
     """A non-empty set of CAs; without ``parent_and_child`` never an intermediate together
-    with its parent (see `test_rotating_an_intermediate_with_its_parent`: a known bug)."""
+    with its parent."""
     replaced = data.draw(st.lists(st.sampled_from(pki.cas), min_size=1, unique=True),
                          label="replaced CAs")
     if not parent_and_child:
@@ -189,7 +190,7 @@ def draw_replaced(data: Any, pki: Pki, *, parent_and_child: bool = True) -> list
 @ROTATION
 @given(pki=pki_configs(REGISTRY), data=st.data())
 def test_zero_downtime_rotation_keeps_every_edge_verified(pki: Pki, data: Any) -> None:
-    replaced = draw_replaced(data, pki, parent_and_child=False)
+    replaced = draw_replaced(data, pki)
     with scratch() as root:
         env = created(pki, root)
         before = env.state()
@@ -209,17 +210,15 @@ def test_zero_downtime_rotation_keeps_every_edge_verified(pki: Pki, data: Any) -
         check_converged(env, pki, after, retired)
 
 
-INTERMEDIATE_BUG = (
-    "engine bug: rotating an intermediate CA together with its parent (zero-downtime) leaves "
-    "the intermediate's new generation signed by the parent's OLD key: the intermediate's "
-    "add-new step issues it while the parent's old generation is still active, and its "
-    "switch/retire steps (CaProvider.apply with a step) never re-sign it although the plan "
-    "merged the parent's changed signing output into that change; after retire the "
-    "intermediate chains to a retired root and the follow-up plan is empty"
-)
+# regression (fixed): rotating an intermediate CA together with its parent (zero-downtime)
+# leaves  the intermediate's new generation signed by the parent's OLD key: the intermediate's
+# add-new step issues it while the parent's old generation is still active, and its
+# switch/retire steps (CaProvider.apply with a step) never re-sign it although the plan  merged
+# the parent's changed signing output into that change; after retire the  intermediate chains to
+# a retired root and the follow-up plan is empty
 
 
-@pytest.mark.xfail(strict=True, reason=INTERMEDIATE_BUG)
+
 # hypothesis imports libcst to suggest an @example patch for the failure it reports
 @pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated")
 @settings(ROTATION, max_examples=examples(3), phases=[Phase.explicit, Phase.generate])
@@ -277,7 +276,7 @@ def ca_steps(events: list[Event]) -> list[tuple[Address, str]]:
 @ROTATION
 @given(pki=pki_configs(REGISTRY), data=st.data())
 def test_resumed_rotation_ends_like_an_uninterrupted_one(pki: Pki, data: Any) -> None:
-    replaced = draw_replaced(data, pki, parent_and_child=False)
+    replaced = draw_replaced(data, pki)
     style = data.draw(st.sampled_from(["crash", "cut-plan", "failing-writes", "crash-mid-phase"]),
                       label="style")
     # Phases completed before the interruption (crash-mid-phase: the phase it dies in).
