@@ -174,3 +174,18 @@ def test_rekey_reencrypts_everything_and_survives_a_kill_midway(tmp_path: Path) 
     store.key_file.with_name("state.key.new").write_bytes(current)  # type: ignore[union-attr]
     store.key_file.write_bytes(old_material)  # type: ignore[union-attr]
     assert StateStore(store.directory, store.key_file).load().secrets == state.secrets
+
+
+def test_passphrase_key_is_stretched_with_the_state_salt(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PKIFORM_STATE_PASSPHRASE", "correct horse battery staple")
+    store = StateStore(tmp_path / "state")
+    store.load()  # a new state: the salt is made now
+    state = sample_state()
+    store.save(state)
+    raw = store.path.read_text()
+    assert "kdf_salt" in raw and "correct horse" not in raw
+    assert StateStore(tmp_path / "state").load().secrets == state.secrets
+    monkeypatch.setenv("PKIFORM_STATE_PASSPHRASE", "wrong")
+    with pytest.raises(SecretKeyError):
+        StateStore(tmp_path / "state").load()
