@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import heapq
-import itertools
 import os
 import threading
 import time
@@ -253,15 +252,17 @@ class Applier:
         for change in changes:
             wanted = {r.address for r in change.dependencies} | set(change.order_after)
             deps[change.address] = {a for a in wanted if a in by_address}
-        # Rolling groups: chain members in host order, so at most one restarts at a time.
+        # Rolling groups: member i waits for member i - max_unavailable (host order), so at
+        # most max_unavailable members of a group restart at once (1: etcd quorum).
         groups: dict[str, list[Change]] = defaultdict(list)
         for change in changes:
             if change.rolling and change.action is Action.RESTART:
                 groups[change.rolling].append(change)
         for members in groups.values():
             members.sort(key=lambda c: c.address)
-            for before, after in itertools.pairwise(members):
-                deps[after.address].add(before.address)
+            width = max(1, members[0].rolling_width)
+            for index in range(width, len(members)):
+                deps[members[index].address].add(members[index - width].address)
         return dag.build(by_address, deps)
 
     def run(self) -> ApplyResult:

@@ -57,7 +57,8 @@ class Change:
     dependencies: tuple[Ref, ...] = ()
     order_after: tuple[Address, ...] = ()  # depends_on: ordering without data
     summary: str = ""  # e.g. "/etc/kubernetes/pki/ca.crt on control-1"
-    rolling: str | None = None  # group key for one-at-a-time restarts
+    rolling: str | None = None  # group key for rolling restarts
+    rolling_width: int = 1  # max_unavailable: members restarting at once
     steps_total: tuple[str, ...] = ()  # every step of a phased replace, for the state record
 
     @property
@@ -341,6 +342,7 @@ class Planner:
                         order_after=tuple(spec.get("depends_on") or ()),
                         summary=_summary(spec),
                         rolling=_rolling_key(spec),
+                        rolling_width=int(spec.get("max_unavailable") or 1),
                         steps_total=all_steps.get(address, ()),
                     )
                 )

@@ -60,6 +60,7 @@ def change_to_dict(change: Change) -> dict[str, Any]:
         "order_after": [str(a) for a in change.order_after],
         "summary": change.summary,
         "rolling": change.rolling,
+        "rolling_width": change.rolling_width,
         "steps_total": list(change.steps_total),
         "spec": None if spec is None else {
             "attributes": _encode(dict(spec.attributes)),
@@ -109,6 +110,7 @@ def plan_from_dict(data: Mapping[str, Any]) -> Plan:
             order_after=tuple(Address.parse(a) for a in c["order_after"]),
             summary=c["summary"],
             rolling=c["rolling"],
+            rolling_width=int(c.get("rolling_width", 1)),
             steps_total=tuple(c["steps_total"]),
         ))
     return Plan(

@@ -62,7 +62,8 @@ def render_change(change: Change, style: Style) -> list[str]:
     if change.summary:
         head += f"  {style(change.summary, '2')}"
     if change.rolling and change.action is Action.RESTART:
-        head += f"  {style('(rolling: one host at a time)', '2')}"
+        width = "one host" if change.rolling_width == 1 else f"{change.rolling_width} hosts"
+        head += f"  {style(f'(rolling: {width} at a time)', '2')}"
     lines = [head]
     for reason in change.reasons:
         lines.append(f"        {style('·', '2')} {reason}")
