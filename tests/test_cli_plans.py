@@ -99,3 +99,47 @@ def test_removed_resource_plans_its_delete_with_the_remote_file(example: Path) -
     assert applied.code == 0, applied.err
     assert not (example / "target/control-2/etc/kubernetes/scheduler.conf").exists()
     assert run_cli("-C", str(example), "plan", "--detailed-exitcode").code == 0
+
+
+def test_second_apply_fails_fast_naming_the_holder_or_waits(example: Path) -> None:
+    import threading
+
+    from pkiform.workspace import Workspace
+
+    store = Workspace(example).store
+    with store.lock("apply") as holder:
+        blocked = run_cli("-C", str(example), "apply", "--auto-approve")
+        assert blocked.code == 1
+        assert holder.id in blocked.err and "force-unlock" in blocked.err
+        assert not (example / "target").exists()  # nothing was touched
+    release = threading.Event()
+
+    def hold() -> None:
+        with store.lock("apply"):
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        threading.Timer(0.5, release.set).start()
+        waited = run_cli("-C", str(example), "apply", "--auto-approve", "--lock-timeout", "20s")
+    finally:
+        thread.join()
+    assert waited.code == 0, waited.err
+
+
+def test_expiry_table_and_json(example: Path) -> None:
+    run_cli("-C", str(example), "apply", "--auto-approve")
+    table = run_cli("-C", str(example), "expiry")
+    lines = table.out.splitlines()
+    assert lines[0].split() == ["RESOURCE", "EXPIRES", "RESIDUAL", "TIME", "SIGNER", "HOSTS"]
+    assert any(line.startswith("cert.apiserver[control-1]") and "ca.kubernetes" in line
+               and "control-1" in line for line in lines)
+    assert any(line.startswith("ca.etcd") and "(self-signed)" in line for line in lines)
+    rows = json.loads(run_cli("-C", str(example), "expiry", "--json").out)
+    by_address = {row["address"]: row for row in rows}
+    assert by_address["cert.apiserver[control-1]"]["residual_days"] in (364, 365)
+    assert by_address["cert.kubelet[worker-2]"]["hosts"] == ["worker-2"]
+    later = json.loads(run_cli("-C", str(example), "expiry", "--json", "--at",
+                               "2027-11-10").out)
+    assert {row["address"]: row for row in later}["cert.apiserver[control-1]"]["due"] is True
