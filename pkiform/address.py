@@ -20,11 +20,28 @@ _ADDRESS_RE = re.compile(
 NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=False)
 class Address:
     kind: str
     name: str
     host: str | None = None
+
+    @property
+    def sort_key(self) -> tuple[str, str, str]:
+        # A global resource sorts before its per-host instances (host None → "").
+        return (self.kind, self.name, self.host or "")
+
+    def __lt__(self, other: Address) -> bool:
+        return self.sort_key < other.sort_key
+
+    def __le__(self, other: Address) -> bool:
+        return self.sort_key <= other.sort_key
+
+    def __gt__(self, other: Address) -> bool:
+        return self.sort_key > other.sort_key
+
+    def __ge__(self, other: Address) -> bool:
+        return self.sort_key >= other.sort_key
 
     @classmethod
     def parse(cls, text: str) -> Address:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import heapq
+import multiprocessing
 import os
 import threading
 import time
@@ -101,8 +102,11 @@ class KeySource:
         total = sum(len(v) for v in requests.values())
         workers = workers if workers is not None else (os.cpu_count() or 1)
         if total >= 4 and workers > 1:
-            self._pool = cf.ProcessPoolExecutor(max_workers=workers,
-                                                initializer=_die_with_parent)
+            # forkserver, not fork: forking a threaded process can hand a child the pipes
+            # of a subprocess another thread is starting, and stall it until the pool exits.
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=workers, initializer=_die_with_parent,
+                mp_context=multiprocessing.get_context("forkserver"))
             # Submit in plan order, but chunked so a pool worker amortises IPC over a few keys.
             for address, algorithms in requests.items():
                 for algorithm in algorithms:
@@ -124,6 +128,27 @@ class KeySource:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _InlinePool:
+    """parallelism = 1 (the proof's simulation): run each step at submit, no threads."""
+
+    def __init__(self, **_: Any) -> None:
+        return None
+
+    def __enter__(self) -> _InlinePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> cf.Future[Any]:
+        future: cf.Future[Any] = cf.Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
 class _Context:
     """The `ApplyContext` a provider sees while applying one change."""
 
@@ -143,7 +168,7 @@ class _Context:
         return self._engine.transport(host)
 
     def is_secret(self, ref: Ref) -> bool:
-        record = self._engine.state.get(str(ref.address))
+        record = self._engine.record(str(ref.address))
         kind = record.kind if record is not None else ref.address.kind
         info = self._engine.registry[kind].outputs.get(ref.output)
         return bool(info and info.secret)
@@ -179,7 +204,9 @@ class Applier:
         self._transports: dict[str, Any] = {}
         self._transport_lock = threading.Lock()
         self._state_lock = threading.RLock()
-        self.state: State = State.empty()
+        self._base: State = State.empty()
+        self._resources: dict[str, ResourceState] = {}
+        self._secrets: dict[str, Mapping[str, str]] = {}
         self.keys: KeySource
         self._key_source = key_source
         self._on_phase_end = on_phase_end
@@ -196,10 +223,20 @@ class Applier:
                 self._transports[host.name] = transport
             return transport
 
+    @property
+    def state(self) -> State:
+        """A snapshot of the state as applied so far (copies: for phase ends and the end)."""
+        with self._state_lock:
+            return attrs.evolve(self._base, resources=dict(self._resources),
+                                secrets=dict(self._secrets))
+
+    def record(self, address: str) -> ResourceState | None:
+        return self._resources.get(address)
+
     def output_value(self, ref: Ref) -> bytes:
         with self._state_lock:
-            record = self.state.get(str(ref.address))
-            secrets = self.state.secrets_of(str(ref.address))
+            record = self._resources.get(str(ref.address))
+            secrets = self._secrets.get(str(ref.address), {})
         if record is None:
             raise PkiformError(f"{ref.address} has no state yet; it must be applied first")
         return self.registry[record.kind].output_value(record.outputs, secrets, ref.output)
@@ -210,8 +247,8 @@ class Applier:
         provider = self.registry[change.kind]
         context = _Context(self, change)
         with self._state_lock:
-            prior = self.state.get(str(change.address))
-            prior_secrets = dict(self.state.secrets_of(str(change.address)))
+            prior = self._resources.get(str(change.address))
+            prior_secrets = dict(self._secrets.get(str(change.address), {}))
         if change.action is Action.DELETE:
             message = provider.delete(change.address, prior, context)
             return None, {}, message
@@ -233,7 +270,7 @@ class Applier:
         with self._state_lock:
             deps = {}
             for ref in change.dependencies:
-                record = self.state.get(str(ref.address))
+                record = self._resources.get(str(ref.address))
                 deps[str(ref)] = record.digests.get(ref.output, "") if record else ""
         record = ResourceState(
             kind=change.kind,
@@ -267,12 +304,16 @@ class Applier:
 
     def run(self) -> ApplyResult:
         started = time.monotonic()
-        self.state = self.store.load(decrypt=True)
-        if self.state.is_empty and self.plan.lineage and not self.store.exists():
+        loaded = self.store.load(decrypt=True)
+        if loaded.is_empty and self.plan.lineage and not self.store.exists():
             # First apply: adopt the lineage the plan was made against so a saved plan and
             # the state it creates belong together.
-            self.state = attrs.evolve(self.state, lineage=self.plan.lineage)
-        base = self.state
+            loaded = attrs.evolve(loaded, lineage=self.plan.lineage)
+        # Mutable working copies: rebuilding a frozen State per step would be quadratic.
+        self._base = loaded
+        self._resources = dict(loaded.resources)
+        self._secrets = dict(loaded.secrets)
+        base = loaded
         requests: dict[Address, list[str]] = {}
         for change in self.plan.changes:
             if change.spec is not None and change.action is not Action.DELETE:
@@ -312,9 +353,11 @@ class Applier:
                     transport.close()
                 except Exception:
                     pass
+        final = self.state
         if done:
-            self.state = self.store.commit(self.state)
-        result = ApplyResult(tuple(done), tuple(failed), tuple(skipped), self.state,
+            final = self.store.commit(final)
+            self._base = final
+        result = ApplyResult(tuple(done), tuple(failed), tuple(skipped), final,
                              time.monotonic() - started)
         self.emit(Event("finished", "", None, None, result.duration))
         return result
@@ -335,14 +378,16 @@ class Applier:
         heapq.heapify(ready)
         blocked: set[Address] = set()
         running: dict[cf.Future[Any], tuple[Change, float]] = {}
-        with cf.ThreadPoolExecutor(max_workers=self.parallelism,
-                                   thread_name_prefix="pkiform-apply") as pool:
+        pool_type: Any = _InlinePool if self.parallelism == 1 else cf.ThreadPoolExecutor
+        with pool_type(max_workers=self.parallelism, thread_name_prefix="pkiform-apply") as pool:
             while ready or running:
                 while ready and len(running) < self.parallelism:
                     address = heapq.heappop(ready)
                     change = by_address[address]
                     if address in blocked:
                         continue
+                    if change.action is Action.DELETE or self.registry[change.kind].per_host:
+                        self.store.journal_sync()
                     self.emit(Event("start", "", change, phase))
                     running[pool.submit(self._run, change)] = (change, time.monotonic())
                 if not running:
@@ -366,9 +411,19 @@ class Applier:
                                 self.emit(Event("skipped", why, by_address[dependent], phase))
                         continue
                     with self._state_lock:
-                        self.store.journal_append(base, str(change.address), record, secrets)
-                        self.state = self.state.with_resource(
-                            str(change.address), record, secrets)
+                        # Durable before anything that changes a host runs (group commit).
+                        self.store.journal_append(base, str(change.address), record, secrets,
+                                                  sync=False)
+                        key = str(change.address)
+                        if record is None:
+                            self._resources.pop(key, None)
+                            self._secrets.pop(key, None)
+                        else:
+                            self._resources[key] = record
+                            if secrets:
+                                self._secrets[key] = secrets
+                            else:
+                                self._secrets.pop(key, None)
                     done.append(change)
                     self.emit(Event("done", message, change, phase, duration))
                     for dependent in graph.successors(change.address):

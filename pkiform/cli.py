@@ -150,7 +150,8 @@ class ProgressHook:
                                f"  {event.duration:.2f}s{detail}\n")
                 if self.live:
                     self.out.write(f"  {self.finished}/{self.total} steps…\r")
-            self.out.flush()
+            if self.live or event.kind in ("phase", "failed", "finished"):
+                self.out.flush()  # a pipe or file gets buffered output, a TTY live lines
 
     def _clear(self) -> None:
         if self.live:

@@ -155,7 +155,7 @@ class Planner:
             },
         )
         self.graph = graph
-        self.order: list[Address] = dag.topological_order(graph)
+        self.order: list[Address] = dag.topological_order(graph, key=_sort_key)
 
     def provider(self, address: Address) -> Provider:
         return self.registry[address.kind]
@@ -410,6 +410,10 @@ class Planner:
             )
             for address in order
         ]
+
+
+def _sort_key(address: Address) -> tuple[str, str, str]:
+    return address.sort_key
 
 
 def _summary(spec: ResourceSpec) -> str:

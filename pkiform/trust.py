@@ -111,7 +111,10 @@ class _MemoryStore:
     def exists(self) -> bool:
         return True
 
-    def journal_append(self, *args: Any) -> None:
+    def journal_append(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def journal_sync(self) -> None:
         return None
 
     def commit(self, state: State) -> State:
@@ -185,13 +188,13 @@ class _Views:
         return self._cache[key]
 
 
-def _instances(config: Config, base: Address | None) -> dict[str | None, Address]:
+def _instances(index: Mapping[Address, dict[str | None, Address]],
+               base: Address | None) -> dict[str | None, Address]:
     if base is None:
         return {}
     if base.host is not None:
         return {base.host: base}
-    found = {a.host: a for a in config.resources if a.base == base}
-    return found
+    return index.get(base, {})
 
 
 def _hosts_of(*groups: dict[str | None, Address]) -> list[str | None]:
@@ -225,11 +228,14 @@ class _Pair:
 
 def expand_edges(config: Config) -> list[_Pair]:
     pairs: list[_Pair] = []
+    index: dict[Address, dict[str | None, Address]] = defaultdict(dict)
+    for address in config.resources:
+        index[Address(address.kind, address.name)][address.host] = address
     for edge in config.tls_edges:
-        client_cert = _instances(config, edge.client_cert)
-        client_trust = _instances(config, edge.client_trust)
-        server_cert = _instances(config, edge.server_cert)
-        server_ca = _instances(config, edge.server_client_ca)
+        client_cert = _instances(index, edge.client_cert)
+        client_trust = _instances(index, edge.client_trust)
+        server_cert = _instances(index, edge.server_cert)
+        server_ca = _instances(index, edge.server_client_ca)
         for client_host, server_host in itertools.product(
             _hosts_of(client_cert, client_trust), _hosts_of(server_cert, server_ca)
         ):
@@ -250,24 +256,47 @@ def expand_edges(config: Config) -> list[_Pair]:
     return pairs
 
 
+class _Verdicts:
+    """Verification results memoized per half-edge on the exact bytes involved.
+
+    Thousands of pairs share the same server chain and client trust (every kubelet dials the
+    same apiserver with the same CA bundle), so the server half is verified once per distinct
+    input; client halves differ per client certificate.
+    """
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+        self._server: dict[tuple[str, bytes, bytes], str | None] = {}
+        self._client: dict[tuple[bytes, bytes], str | None] = {}
+
+    def check(self, pair: _Pair, client: _Views, server: _Views) -> list[str]:
+        reasons = []
+        if pair.server_cert is not None and pair.client_trust is not None:
+            chain = server.value(pair.server_cert, "chain")
+            trust = client.value(pair.client_trust, "cert")
+            if chain is not None and trust is not None:
+                key = (pair.server_name, chain, trust)
+                if key not in self._server:
+                    self._server[key] = verify_server_chain(
+                        chain_pem=chain, trust_pem=trust, server_name=pair.server_name,
+                        at=self.at)
+                if self._server[key]:
+                    reasons.append(f"server auth: {self._server[key]}")
+        if pair.client_cert is not None and pair.server_client_ca is not None:
+            chain = client.value(pair.client_cert, "chain")
+            trust = server.value(pair.server_client_ca, "cert")
+            if chain is not None and trust is not None:
+                ckey = (chain, trust)
+                if ckey not in self._client:
+                    self._client[ckey] = verify_client_chain(chain_pem=chain, trust_pem=trust,
+                                                             at=self.at)
+                if self._client[ckey]:
+                    reasons.append(f"client auth: {self._client[ckey]}")
+        return reasons
+
+
 def check_pair(pair: _Pair, client: _Views, server: _Views, at: datetime) -> list[str]:
-    reasons = []
-    if pair.server_cert is not None and pair.client_trust is not None:
-        chain = server.value(pair.server_cert, "chain")
-        trust = client.value(pair.client_trust, "cert")
-        if chain is not None and trust is not None:
-            reason = verify_server_chain(chain_pem=chain, trust_pem=trust,
-                                         server_name=pair.server_name, at=at)
-            if reason:
-                reasons.append(f"server auth: {reason}")
-    if pair.client_cert is not None and pair.server_client_ca is not None:
-        chain = client.value(pair.client_cert, "chain")
-        trust = server.value(pair.server_client_ca, "cert")
-        if chain is not None and trust is not None:
-            reason = verify_client_chain(chain_pem=chain, trust_pem=trust, at=at)
-            if reason:
-                reasons.append(f"client auth: {reason}")
-    return reasons
+    return _Verdicts(at).check(pair, client, server)
 
 
 def prove(plan: Plan, config: Config, state: State, registry: Registry) -> ProofReport:
@@ -279,12 +308,9 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry) -> Proof
     failures: list[EdgeFailure] = []
     preexisting: list[EdgeFailure] = []
     checks = 0
+    verdicts = _Verdicts(plan.at)
     initial = views[0][1]
-    baseline_broken = {
-        id(pair) for pair in pairs if check_pair(pair, initial, initial, plan.at)
-    }
-    # Memoize on the concrete inputs: many pairs share identical chains and bundles.
-    verdicts: dict[tuple[Any, ...], list[str]] = {}
+    baseline_broken = {id(pair) for pair in pairs if verdicts.check(pair, initial, initial)}
     boundaries = list(itertools.pairwise(views)) or [(views[0], views[0])]
     for (_, before), (phase, after) in boundaries:
         combos = [("before", before, "before", before), ("before", before, "after", after),
@@ -294,16 +320,8 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry) -> Proof
         seen: set[tuple[Any, ...]] = set()
         for pair in pairs:
             for c_label, c_view, s_label, s_view in combos:
-                key = (
-                    pair.server_name, pair.server_cert and s_view.value(pair.server_cert, "chain"),
-                    pair.client_trust and c_view.value(pair.client_trust, "cert"),
-                    pair.client_cert and c_view.value(pair.client_cert, "chain"),
-                    pair.server_client_ca and s_view.value(pair.server_client_ca, "cert"),
-                )
                 checks += 1
-                if key not in verdicts:
-                    verdicts[key] = check_pair(pair, c_view, s_view, plan.at)
-                for reason in verdicts[key]:
+                for reason in verdicts.check(pair, c_view, s_view):
                     marker = (pair.edge.name, pair.client_host, pair.server_host, phase, reason)
                     if marker in seen:
                         continue

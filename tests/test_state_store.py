@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 import threading
@@ -55,12 +56,11 @@ def test_ciphertext_swapped_between_resources_is_refused(store: StateStore) -> N
     other = state.secrets["cert.x[h-1]"]
     state = state.with_resource("cert.y[h-1]", state.resources["cert.x[h-1]"], dict(other))
     store.save(state)
-    text = store.path.read_text()
-    lines = text.splitlines()
+    document = json.loads(store.path.read_text())
     # Swap the two ciphertexts: the address is bound as associated data.
-    idx = [i for i, line in enumerate(lines) if line.startswith("key = ")]
-    lines[idx[0]], lines[idx[1]] = lines[idx[1]], lines[idx[0]]
-    store.path.write_text("\n".join(lines) + "\n")
+    x, y = document["secrets"]["cert.x[h-1]"], document["secrets"]["cert.y[h-1]"]
+    document["secrets"]["cert.x[h-1]"], document["secrets"]["cert.y[h-1]"] = y, x
+    store.path.write_text(json.dumps(document))
     with pytest.raises(SecretKeyError, match="does not decrypt"):
         StateStore(store.directory, store.key_file).load()
 
@@ -90,9 +90,9 @@ def test_damaged_state_is_refused_and_backup_offered(store: StateStore, damage: 
     corrupted = {
         "truncate": text[: len(text) // 3],
         "garbage": "\x00\x01not toml at all [[[",
-        "version": text.replace("version = 1", "version = 99"),
-        "no-lineage": "\n".join(line for line in text.splitlines()
-                                if not line.startswith("lineage")),
+        "version": text.replace('"version":1', '"version":99'),
+        "no-lineage": json.dumps({k: v for k, v in json.loads(text).items()
+                                  if k != "lineage"}),
     }[damage]
     store.path.write_text(corrupted)
     with pytest.raises(StateError) as info:

@@ -5,7 +5,7 @@ usage: python -m tests.crash.runner DIR MODE K
 MODE says where the k-th event dies:
   journal-before  before the k-th step is journaled (its effect done, not recorded)
   journal-mid     half-way through writing the k-th journal line
-  journal-after   right after the k-th journal line is durable
+  journal-after   right after the k-th journal line is written and synced
   write-mid       half-way through the k-th file write (temp file partly written)
   commit          inside the final state save, after the temp file, before the rename
 """
@@ -35,7 +35,7 @@ def main() -> None:
 
     original_append = store_module.StateStore.journal_append
 
-    def journal_append(self, base, address, record, secrets):  # type: ignore[no-untyped-def]
+    def journal_append(self, base, address, record, secrets, **kwargs):  # type: ignore[no-untyped-def]
         if hit():
             if mode == "journal-before":
                 die()
@@ -45,11 +45,12 @@ def main() -> None:
                     handle.flush()
                     os.fsync(handle.fileno())
                 die()
-            original_append(self, base, address, record, secrets)
+            original_append(self, base, address, record, secrets, **kwargs)
             if mode == "journal-after":
+                self.journal_sync()
                 die()
             return
-        original_append(self, base, address, record, secrets)
+        original_append(self, base, address, record, secrets, **kwargs)
 
     original_write = local.LocalTransport.write_file
 
