@@ -359,6 +359,13 @@ class Planner:
             if len(self.provider(a).replace_steps(self.config.resources[a], "zero-downtime")) > 1
         )
         if mode == "immediate" and rotated:
+            # Peers of a rolling group (etcd) cannot talk across an immediate CA swap: a
+            # one-by-one restart would wait forever for the first member's health. Restart
+            # every member together instead.
+            changes = [attrs.evolve(c, rolling=None) if c.rolling else c for c in changes]
+            notes.append(
+                "immediate rotation: rolling groups restart all members at once (a member "
+                "cannot become healthy while its peers still trust the old CA)")
             notes.append(
                 f"immediate rotation of {', '.join(rotated)}: TLS connections between components "
                 "break from the first restart until the last one (peers trust different CAs); "

@@ -106,7 +106,8 @@ class Observation:
     """What a transport read on a host at plan time (refresh)."""
 
     content_sha256: str | None = None  # None: file missing
-    serving_fingerprint: str | None = None
+    serving_fingerprint: str | None = None  # what the process presents now
+    expected_fingerprint: str | None = None  # the certificate in state it should present
 
 
 @attrs.frozen(eq=False)

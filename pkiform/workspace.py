@@ -116,11 +116,13 @@ class Workspace:
             if hosts is not None and host.name not in hosts:
                 continue
             pem = self.transport_factory(host).serving_certificate(spec["tls_endpoint"])
-            if pem is not None:
+            cert = state.get(str(spec["serving_cert"]))
+            if pem is not None and cert is not None:
                 from pkiform.pki.certs import describe_certificate
 
                 observations[address] = Observation(
-                    serving_fingerprint=describe_certificate(pem).fingerprint_sha256)
+                    serving_fingerprint=describe_certificate(pem).fingerprint_sha256,
+                    expected_fingerprint=cert.outputs.get("fingerprint"))
         return observations
 
     # -- plan / apply -------------------------------------------------------------------

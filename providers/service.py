@@ -97,7 +97,9 @@ class ServiceProvider:
             decision = decision.merge(Decision(Action.RESTART, ("unit changed",)))
         observed = request.observation
         if observed is not None and observed.serving_fingerprint is not None and prior:
-            wanted = prior.outputs.get("serving_fingerprint")
+            # Compare with the certificate deployed now, not the one loaded at the last
+            # restart: a process that hot-reloads its cert (etcd) is not serving an old one.
+            wanted = observed.expected_fingerprint or prior.outputs.get("serving_fingerprint")
             if wanted and observed.serving_fingerprint != wanted:
                 decision = decision.merge(Decision(Action.RESTART, (
                     "serving an old certificate (deployed but not loaded)",)))

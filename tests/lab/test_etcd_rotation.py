@@ -722,10 +722,8 @@ def test_loaded_vs_on_disk(cluster: EtcdLab, figures: Figures) -> None:
     assert all(cluster.health().values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: providers/service.py compares the served cert with the fingerprint recorded at the "
-    "service's last restart, not with the cert deployed now: a process that already serves "
-    "the new cert (etcd reloads it per handshake) is reported as 'serving an old certificate'"))
+# Regression: the served cert is compared with the cert deployed now, not the one loaded
+# at the last restart (etcd hot-reloads its serving cert).
 def test_pending_restart_of_a_hot_reloaded_cert_is_not_called_old(cluster: EtcdLab) -> None:
     lab3 = cluster.hosts[2]
 
