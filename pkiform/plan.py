@@ -349,11 +349,19 @@ class Planner:
                 # What to do outside pkiform concerns replacements, not first creation.
                 notes_for = (spec.get("outside") or {}) if decision.action is not Action.CREATE \
                     else {}
+                extra = getattr(provider, "outside_notes", None)
+                if extra is not None and decision.action is not Action.CREATE:
+                    notes_for = {**notes_for, phase: [*notes_for.get(phase, ()),
+                                                      *extra(spec, decision)]}
                 for note in notes_for.get(phase, ()):
                     if note not in outside[phase]:
                         outside[phase].append(note)
 
         changes = self._deletes(phases[0]) + changes
+        for address in sorted(pending):
+            explain = getattr(self.provider(address), "rotation_notes", None)
+            if explain is not None and len(pending[address]) > 1:
+                notes.extend(explain(self.config.resources[address]))
         rotated = sorted(
             str(a) for a in pending
             if len(self.provider(a).replace_steps(self.config.resources[a], "zero-downtime")) > 1

@@ -106,6 +106,16 @@ class CaProvider:
         return rotation_steps(mode, trust_outputs=self.trust_outputs,
                               signing_outputs=self.signing_outputs, what="CA")
 
+    def rotation_notes(self, spec: ResourceSpec) -> list[str]:
+        # Kubernetes' "Manual Rotation of CA Certificates": some consumers cannot take a bundle
+        # for a signing pair (kube-controller-manager --cluster-signing-cert-file/-key-file).
+        return [
+            f"{spec.address}: in every phase the first certificate of its bundle is the active "
+            "CA and matches its key file, so consumers that need one cert/key pair (the "
+            "controller-manager's --cluster-signing-cert-file/--cluster-signing-key-file) keep "
+            "a matching pair: they sign with the old CA until reissue, then with the new one"
+        ]
+
     def keys_needed(self, spec: ResourceSpec, action: Action, step: str | None) -> Sequence[str]:
         if action is Action.CREATE or step in (STEP_ADD, STEP_REPLACE) or (
             action is Action.REPLACE and step is None

@@ -76,6 +76,12 @@ class KubeconfigProvider:
             decision = decision.merge(Decision(Action.UPDATE, tuple(causes), OUTPUT))
         return decision
 
+    def outside_notes(self, spec: ResourceSpec, decision: Decision) -> list[str]:
+        if not spec.get("handed_out"):
+            return []
+        return [f"{spec.address} changed: give the new copy to everyone who holds one "
+                "(copies handed out earlier stop working when the old CA or cert retires)"]
+
     def replace_steps(self, spec: ResourceSpec, mode: str) -> Sequence[ReplaceStep]:
         return [ReplaceStep("replace", "apply", Action.REPLACE, OUTPUT, "re-rendered")]
 

@@ -109,7 +109,12 @@ def test_kubeconfigs_carry_both_cas_during_cluster_ca_rotation(cluster: Workspac
         return len(split_pem_bundle(base64.b64decode(data)))
 
     counts: dict[str, int] = {}
-    ws.apply(ws.plan(replace=["ca.kubernetes"]),
+    plan = ws.plan(replace=["ca.kubernetes"])
+    # The controller-manager's signing pair is explained, handed-out kubeconfigs are listed.
+    assert any("--cluster-signing-cert-file" in note for note in plan.notes)
+    retire = next(p for p in plan.phases if p.name == "retire")
+    assert any(note.startswith("kubeconfig.admin[control-1] changed") for note in retire.outside)
+    ws.apply(plan,
              on_phase_end=lambda phase, state: counts.__setitem__(phase, ca_data("control-2")))
     assert counts == {"trust-both": 2, "reissue": 2, "retire": 1}
 
