@@ -1,0 +1,56 @@
+"""The local target writes like a careful remote one: atomic, never through a symlink."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pkiform.errors import TransportError
+from pkiform.model import Host
+from pkiform.transport.local import LocalTransport
+from tests.conftest import copy_example, run_cli
+
+
+def test_refuses_symlinks_at_the_target_or_on_its_way(tmp_path: Path) -> None:
+    transport = LocalTransport(Host("h", "10.0.0.1"), tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    link = tmp_path / "h/etc/kubernetes/pki/ca.key"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    with pytest.raises(TransportError, match="symlink"):
+        transport.write_file("/etc/kubernetes/pki/ca.key", b"KEY", mode=0o600, owner=None,
+                             group=None)
+    assert outside.read_text() == "precious\n"
+    (tmp_path / "h/var").mkdir()
+    (tmp_path / "h/var/lib").symlink_to(tmp_path)
+    with pytest.raises(TransportError, match="symlink"):
+        transport.write_file("/var/lib/x.crt", b"C", mode=0o644, owner=None, group=None)
+    with pytest.raises(TransportError, match="non-normalized"):
+        transport.write_file("/etc/../etc/x", b"C", mode=0o644, owner=None, group=None)
+
+
+def test_overwrite_keeps_one_backup_and_no_temp_files(tmp_path: Path) -> None:
+    transport = LocalTransport(Host("h", "10.0.0.1"), tmp_path)
+    for content in (b"one", b"two", b"three"):
+        transport.write_file("/etc/x.crt", content, mode=0o644, owner=None, group=None)
+    directory = tmp_path / "h/etc"
+    assert sorted(os.listdir(directory)) == ["x.crt", "x.crt.pkiform-backup"]
+    assert (directory / "x.crt").read_bytes() == b"three"
+    assert (directory / "x.crt.pkiform-backup").read_bytes() == b"two"
+
+
+def test_apply_reports_a_symlinked_key_path_and_touches_nothing_through_it(tmp_path: Path
+                                                                          ) -> None:
+    example = copy_example("kubeadm", tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("do not overwrite\n")
+    link = example / "target/control-2/etc/kubernetes/pki/apiserver.key"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victim)
+    result = run_cli("-C", str(example), "apply", "--auto-approve")
+    assert result.code == 1
+    assert "file.apiserver-key[control-2]" in result.err and "symlink" in result.err
+    assert victim.read_text() == "do not overwrite\n"
