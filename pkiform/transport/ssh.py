@@ -5,17 +5,28 @@ The only module of pkiform that imports fabric (and paramiko).
 * Host keys are verified against known_hosts — the host's ``known_hosts`` setting or the
   user's ``~/.ssh/known_hosts`` — with paramiko's RejectPolicy. Fabric's default is
   AutoAddPolicy (silently trust any key); that is replaced before the first connect.
+* One connection per host carries at most ``max_sessions`` commands at a time (sshd refuses
+  more than MaxSessions, default 10, channels per connection). A command whose connection
+  dies before it reports an exit status fails as "connection lost", never as a result. A
+  host that cannot be reached is tried once per run: its further steps fail at once with
+  the same error (until ``close()``).
 * Writes are atomic on the host: ``mktemp`` in the target's own directory (unpredictable name,
   never /tmp), content streamed over stdin (never on a command line, where ``ps`` would show a
-  key), owner/mode set, fsync'd, then renamed over the target. The file it replaces is kept
-  as ``<path>.pkiform-backup`` (one generation, hard link, same mode) for manual rollback.
-  A symlink at the target path is refused.
-* Restarts: ``systemctl restart|reload``, wait until ``is-active``, then the health check;
-  on failure the error carries the unit's last journal lines.
+  key) and checked against its length and SHA-256 before use (a cut connection ends stdin
+  early: a truncated file must never be renamed into place), owner/mode set, fsync'd, then
+  renamed over the target. The file it replaces is kept as ``<path>.pkiform-backup`` (one
+  generation, hard link, same mode) for manual rollback. A symlink, directory or other
+  non-regular file at the target path is refused.
+* Restarts: ``systemctl restart|reload`` (a unit that is not loaded, or a failed job, fails at
+  once), wait until ``is-active``, make sure the unit stays up for ``settle_seconds`` (a
+  ``Type=simple`` unit is "active" the moment it is forked, even if it exits right away),
+  then the health check; on failure the error carries the unit's last journal lines.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import shlex
 import threading
 import time
@@ -31,22 +42,49 @@ from pkiform.transport.base import FileStat, HealthCheck, RestartOutcome
 
 BACKUP_SUFFIX = ".pkiform-backup"
 READ_CHUNK = 400  # paths per stat round trip; keeps the command line far below ARG_MAX
+# Concurrent channels per connection. sshd refuses more than MaxSessions (default 10), and
+# frees a session a little after its close, so stay well below it.
+MAX_SESSIONS = 4
+SETTLE_SECONDS = 1.0  # a restarted unit must stay active (same invocation) this long
+
+_WIRE_LOGGER = "pkiform.transport.ssh.wire"
+
+
+class _DropRefusedChannels(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open FAILED" not in record.getMessage()
+
+
+logging.getLogger(_WIRE_LOGGER).addFilter(_DropRefusedChannels())
 
 _WRITE_SCRIPT = r"""
 set -eu
-target=$1 mode=$2 owner=$3
+umask 022
+target=$1 mode=$2 owner=$3 size=$4 sha=$5
 dir=$(dirname -- "$target")
 mkdir -p -m 0755 -- "$dir"
 if [ -L "$target" ]; then echo "pkiform: refusing to write through symlink $target" >&2; exit 40; fi
+if [ -e "$target" ] && [ ! -f "$target" ]; then
+  echo "pkiform: $target exists and is not a regular file" >&2; exit 44
+fi
 tmp=$(mktemp -- "$dir/.pkiform.XXXXXXXXXX")
 trap 'rm -f -- "$tmp"' EXIT
+trap 'exit 129' HUP INT TERM PIPE
 chmod 0600 -- "$tmp"
 cat > "$tmp"
+got=$(wc -c < "$tmp")
+if [ "$got" -ne "$size" ]; then
+  echo "pkiform: received $got of $size bytes for $target; left unchanged" >&2; exit 43
+fi
+got=$(sha256sum < "$tmp")
+if [ "${got%% *}" != "$sha" ]; then
+  echo "pkiform: content for $target arrived corrupted; left unchanged" >&2; exit 43
+fi
 if [ -n "$owner" ]; then chown -- "$owner" "$tmp"; fi
 chmod -- "$mode" "$tmp"
 sync -- "$tmp"
 if [ -f "$target" ] && [ ! -L "$target" ]; then ln -f -- "$target" "$target.pkiform-backup"; fi
-mv -f -- "$tmp" "$target"
+mv -f -T -- "$tmp" "$target"
 trap - EXIT
 sync -- "$dir"
 """
@@ -55,23 +93,40 @@ _READ_SCRIPT = r"""
 for p in "$@"; do
   if [ -L "$p" ]; then echo "L"
   elif [ -f "$p" ]; then
-    s=$(sha256sum < "$p" | cut -d' ' -f1) || s=unreadable
-    echo "F $s $(stat -c '%a %U %G' -- "$p")"
+    if s=$(sha256sum < "$p" 2>/dev/null); then echo "F ${s%% *} $(stat -c '%a %U %G' -- "$p")"
+    else echo "U"; fi
   else echo "M"; fi
 done
 """
 
 _RESTART_SCRIPT = r"""
-unit=$1 verb=$2 timeout=$3
-systemctl "$verb" -- "$unit" || true
+unit=$1 verb=$2 timeout=$3 settle=$4
+journal() { journalctl -u "$unit" -n 15 --no-pager 2>&1 | tail -n 15; }
+prop() { systemctl show -p "$1" --value -- "$unit" 2>/dev/null || true; }
+load=$(prop LoadState)
+if [ "$load" != loaded ]; then
+  echo "is not loaded on the host (LoadState=${load:-unknown})"; exit 41
+fi
+if ! msg=$(systemctl "$verb" -- "$unit" 2>&1); then
+  echo "$verb failed: $(printf '%s' "$msg" | tr '\n' ' ')"; journal; exit 41
+fi
 end=$(( $(date +%s) + timeout ))
 while :; do
   state=$(systemctl is-active -- "$unit" 2>/dev/null || true)
-  [ "$state" = active ] && exit 0
-  if [ "$state" = failed ] || [ "$(date +%s)" -ge "$end" ]; then
-    echo "state=$state"
-    journalctl -u "$unit" -n 15 --no-pager 2>&1 | tail -n 15
-    exit 41
+  if [ "$state" = active ]; then
+    invocation=$(prop InvocationID)
+    sleep "$settle"
+    state=$(systemctl is-active -- "$unit" 2>/dev/null || true)
+    [ "$state" = active ] && [ "$(prop InvocationID)" = "$invocation" ] && exit 0
+    echo "went down again within ${settle}s of becoming active after $verb (state=$state)"
+    journal; exit 41
+  fi
+  if [ "$state" = inactive ] && [ "$(prop Type)" = oneshot ] && [ "$(prop Result)" = success ]; then
+    exit 0
+  fi
+  if [ "$state" = failed ]; then echo "failed after $verb (state=failed)"; journal; exit 41; fi
+  if [ "$(date +%s)" -ge "$end" ]; then
+    echo "did not become active within ${timeout}s after $verb (state=$state)"; journal; exit 41
   fi
   sleep 0.2
 done
@@ -90,13 +145,17 @@ done
 
 class SshTransport:
     def __init__(self, host: Host, *, base_dir: Path, connect_timeout: float = 15.0,
-                 command_timeout: float = 120.0) -> None:
+                 command_timeout: float = 120.0, max_sessions: int = MAX_SESSIONS,
+                 settle_seconds: float = SETTLE_SECONDS) -> None:
         self.host = host
         self.base_dir = Path(base_dir)
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
+        self.settle_seconds = settle_seconds
         self._connection: Connection | None = None
+        self._connect_error: TransportError | None = None
         self._lock = threading.Lock()
+        self._sessions = threading.BoundedSemaphore(max(1, max_sessions))
 
     # -- connection ------------------------------------------------------------------------
 
@@ -119,95 +178,199 @@ class SshTransport:
         with self._lock:
             if self._connection is not None and self._connection.is_connected:
                 return self._connection
-            known_hosts = self.known_hosts
-            identity = self._path(self.host.identity_file, None)
-            connection = Connection(
-                self.host.address,
-                user=self.host.user,
-                port=self.host.port,
-                connect_timeout=int(self.connect_timeout),
-                connect_kwargs={
-                    "key_filename": [str(identity)] if identity else None,
-                    "look_for_keys": identity is None,
-                    "allow_agent": identity is None,
-                    "banner_timeout": self.connect_timeout,
-                    "auth_timeout": self.connect_timeout,
-                },
-            )
-            # Never trust an unknown key: fabric's default would add it silently.
-            connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            if self._connection is not None:  # died since its last use
+                self._discard(self._connection)
+            if self._connect_error is not None:
+                # Tried and failed in this run: every further step fails at once instead of
+                # waiting out another connect timeout.
+                raise self._connect_error
             try:
-                connection.client.load_host_keys(str(known_hosts))
-            except FileNotFoundError:
+                self._connection = self._open()
+            except TransportError as exc:
+                self._connect_error = exc
+                raise
+            return self._connection
+
+    def _open(self) -> Connection:
+        known_hosts = self.known_hosts
+        identity = self._path(self.host.identity_file, None)
+        if identity is not None and not identity.is_file():
+            raise TransportError(f"identity_file {identity} does not exist",
+                                 host=self.host.name,
+                                 hint="fix identity_file in the host's config")
+        connection = Connection(
+            self.host.address,
+            user=self.host.user,
+            port=self.host.port,
+            connect_timeout=int(self.connect_timeout),
+            connect_kwargs={
+                "key_filename": [str(identity)] if identity else None,
+                "look_for_keys": identity is None,
+                "allow_agent": identity is None,
+                "banner_timeout": self.connect_timeout,
+                "auth_timeout": self.connect_timeout,
+            },
+        )
+        # paramiko logs every refused channel as an ERROR; those are retried (and reported
+        # if they persist), so its messages go to a logger of ours that drops them.
+        connection.client.set_log_channel(_WIRE_LOGGER)
+        # Never trust an unknown key: fabric's default would add it silently.
+        connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            connection.client.load_host_keys(str(known_hosts))
+        except FileNotFoundError:
+            raise HostKeyError(
+                f"known_hosts file {known_hosts} does not exist, so the host key of "
+                f"{self.host.address} cannot be verified",
+                host=self.host.name, hint=self._trust_hint()) from None
+        try:
+            connection.open()
+        except paramiko.BadHostKeyException as exc:
+            connection.close()
+            raise HostKeyError(
+                f"the host key of {self.host.address} CHANGED (got "
+                f"{exc.key.get_name()} {exc.key.get_fingerprint().hex()}); refusing to "
+                "connect", host=self.host.name,
+                hint="if the host was really reinstalled, remove its old line with "
+                f"ssh-keygen -R {self._host_key_name()} -f {known_hosts}, verify the new "
+                "fingerprint out of band, then add it") from None
+        except (paramiko.SSHException, EOFError) as exc:
+            # paramiko reports a connection closed during the handshake as a bare EOFError,
+            # and one closed during authentication as an AuthenticationException.
+            closed = isinstance(exc, EOFError) or not self._alive(connection)
+            connection.close()
+            if "not found in known_hosts" in str(exc):
                 raise HostKeyError(
-                    f"known_hosts file {known_hosts} does not exist, so the host key of "
-                    f"{self.host.address} cannot be verified",
+                    f"the host key of {self.host.address} is not in {known_hosts}; "
+                    "refusing to connect to an unknown host",
                     host=self.host.name, hint=self._trust_hint()) from None
-            try:
-                connection.open()
-            except paramiko.BadHostKeyException as exc:
-                raise HostKeyError(
-                    f"the host key of {self.host.address} CHANGED (got "
-                    f"{exc.key.get_name()} {exc.key.get_fingerprint().hex()}); refusing to "
-                    "connect", host=self.host.name,
-                    hint="if the host was really reinstalled, remove its old line with "
-                    f"ssh-keygen -R {self._host_key_name()} -f {known_hosts}, verify the new "
-                    "fingerprint out of band, then add it") from None
-            except paramiko.SSHException as exc:
-                if "not found in known_hosts" in str(exc):
-                    raise HostKeyError(
-                        f"the host key of {self.host.address} is not in {known_hosts}; "
-                        "refusing to connect to an unknown host",
-                        host=self.host.name, hint=self._trust_hint()) from None
-                if isinstance(exc, paramiko.AuthenticationException):
-                    raise TransportError(
-                        f"authentication failed as {self.host.user}@{self.host.address}"
-                        + (f" with key {identity}" if identity else ""),
-                        host=self.host.name,
-                        hint="check user and identity_file in the host's config, and that the "
-                        "public key is in the host's authorized_keys") from None
-                raise TransportError(f"SSH error: {exc}", host=self.host.name,
-                                     hint="check the host's sshd") from None
-            except (TimeoutError, OSError) as exc:
+            if closed:
                 raise TransportError(
-                    f"unreachable at {self.host.address}:{self.host.port} ({exc})",
+                    f"{self.host.address}:{self.host.port} closed the connection during login"
+                    + (f" ({exc})" if str(exc) else ""),
                     host=self.host.name,
-                    hint="check that the host is up, sshd runs and the address/port are "
-                    "right; then run pkiform apply again") from None
-            transport = connection.client.get_transport()
-            if transport is not None:
-                transport.set_keepalive(15)
-            self._connection = connection
-            return connection
+                    hint="check that the host is up and its sshd runs (and is not refusing "
+                    "connections: MaxStartups); then run pkiform apply again") from None
+            if isinstance(exc, paramiko.AuthenticationException):
+                raise TransportError(
+                    f"authentication failed as {self.host.user}@{self.host.address}"
+                    + (f" with key {identity}" if identity else ""),
+                    host=self.host.name,
+                    hint="check user and identity_file in the host's config, and that the "
+                    "public key is in the host's authorized_keys") from None
+            raise TransportError(f"SSH error: {exc}", host=self.host.name,
+                                 hint="check the host's sshd") from None
+        except (TimeoutError, OSError) as exc:
+            connection.close()
+            raise TransportError(
+                f"unreachable at {self.host.address}:{self.host.port} ({exc})",
+                host=self.host.name,
+                hint="check that the host is up, sshd runs and the address/port are "
+                "right; then run pkiform apply again") from None
+        transport = connection.client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)
+        return connection
+
+    @staticmethod
+    def _alive(connection: Connection) -> bool:
+        transport = connection.client.get_transport()
+        return transport is not None and transport.is_active()
+
+    @staticmethod
+    def _discard(connection: Connection) -> None:
+        try:
+            connection.close()
+        except Exception:
+            pass
+
+    def _lost(self, connection: Connection, detail: str) -> TransportError:
+        """Forget a dead connection (the next command reconnects) and say so."""
+        with self._lock:
+            if self._connection is connection:
+                self._connection = None
+        self._discard(connection)
+        return TransportError(f"connection lost ({detail})", host=self.host.name,
+                              hint="check that the host and its sshd are up, then run "
+                              "pkiform apply again: completed steps are kept")
 
     def _trust_hint(self) -> str:
         return (f"verify the host's key fingerprint out of band (on the host: ssh-keygen -lf "
                 f"/etc/ssh/ssh_host_ed25519_key.pub), then add it: ssh-keyscan -p "
                 f"{self.host.port} {self.host.address} >> {self.known_hosts}")
 
+    def _channel(self, timeout: float) -> tuple[Connection, paramiko.Channel]:
+        """A new session channel. Nothing has run on the host yet, so this may retry: a
+        connection found dead is reopened once, a refused channel is asked for again."""
+        reopened = False
+        refusal: BaseException | None = None
+        for attempt in range(8):
+            connection = self._connect()
+            transport = connection.client.get_transport()
+            try:
+                if transport is None or not transport.is_active():
+                    raise EOFError("the connection is closed")
+                return connection, transport.open_session(timeout=timeout)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if transport is not None and transport.is_active():
+                    # sshd refused this channel (MaxSessions: closed sessions are freed a
+                    # little after their close); the connection itself is fine. (paramiko
+                    # may even report another thread's refusal as "Unable to open channel".)
+                    refusal = exc
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                error = self._lost(connection, str(exc) or type(exc).__name__)
+                if reopened:
+                    raise error from None
+                reopened = True
+        raise TransportError(f"sshd keeps refusing new sessions ({refusal})",
+                             host=self.host.name,
+                             hint="raise MaxSessions in the host's sshd_config (default 10)")
+
     def _exec(self, script: str, args: Sequence[str] = (), *, stdin: bytes | None = None,
               timeout: float | None = None) -> tuple[int, str, str]:
         """Run ``sh -c script`` (under sudo if configured); returns (status, stdout, stderr)."""
-        connection = self._connect()
         command = "sh -c " + shlex.quote(script) + " pkiform " + " ".join(
             shlex.quote(a) for a in args)
         if self.host.sudo:
             command = "sudo -n " + command
-        try:
-            stdin_file, stdout_file, stderr_file = connection.client.exec_command(
-                command, timeout=timeout or self.command_timeout)
-            if stdin is not None:
-                stdin_file.write(stdin)
-            stdin_file.channel.shutdown_write()
-            out = stdout_file.read().decode(errors="replace")
-            err = stderr_file.read().decode(errors="replace")
-            status = stdout_file.channel.recv_exit_status()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            with self._lock:
-                self._connection = None
-            raise TransportError(f"connection lost ({exc})", host=self.host.name,
-                                 hint="check that the host and its sshd are up, then run "
-                                 "pkiform apply again: completed steps are kept") from None
+        timeout = timeout or self.command_timeout
+        with self._sessions:
+            connection, channel = self._channel(timeout)
+            try:
+                channel.settimeout(timeout)
+                channel.exec_command(command)
+                if stdin is not None:
+                    try:
+                        channel.sendall(stdin)
+                    except OSError:
+                        pass  # the command exited early; its status says why
+                channel.shutdown_write()
+                out = channel.makefile("rb").read().decode(errors="replace")
+                err = channel.makefile_stderr("rb").read().decode(errors="replace")
+                status = channel.recv_exit_status()
+            except TimeoutError:
+                raise TransportError(
+                    f"no answer within {timeout:.0f}s", host=self.host.name,
+                    hint="the host or the command hangs; check the host, then run pkiform "
+                    "apply again") from None
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if not self._alive(connection):
+                    raise self._lost(connection, str(exc) or type(exc).__name__) from None
+                raise TransportError(f"the command's channel failed ({exc})",
+                                     host=self.host.name,
+                                     hint="run pkiform apply again") from None
+            finally:
+                channel.close()
+        if status == -1:
+            # No exit status: the channel closed without one. Either the connection died
+            # (sshd stopped or killed) or the command was killed by a signal.
+            if not self._alive(connection):
+                raise self._lost(connection, "the host closed the connection")
+            raise TransportError("the command was killed on the host (no exit status)",
+                                 host=self.host.name,
+                                 hint="check the host (out of memory?), then run pkiform "
+                                 "apply again")
         if status != 0 and "sudo:" in err and self.host.sudo:
             raise TransportError(f"sudo refused: {err.strip()}", host=self.host.name,
                                  hint=f"allow {self.host.user} passwordless sudo (NOPASSWD)")
@@ -230,6 +393,11 @@ class SshTransport:
                     result[path] = None
                 elif parts[0] == "L":
                     result[path] = FileStat("", 0, "", "", is_symlink=True)
+                elif parts[0] == "U":
+                    raise TransportError(
+                        f"cannot read {path} as {self.host.user}: permission denied",
+                        host=self.host.name,
+                        hint="log in as root, or set sudo = true for this host")
                 else:
                     result[path] = FileStat(parts[1], int(parts[2], 8), parts[3], parts[4])
         return result
@@ -237,8 +405,13 @@ class SshTransport:
     def write_file(self, path: str, content: bytes, *, mode: int, owner: str | None,
                    group: str | None) -> None:
         owner_spec = f"{owner}:{group}" if owner and group else (owner or "")
-        status, out, err = self._exec(_WRITE_SCRIPT, [path, f"{mode:04o}", owner_spec],
-                                      stdin=content)
+        # Length and hash (not the content: a key's SHA-256 reveals nothing) go on the
+        # command line so the host can tell a complete upload from one cut short.
+        status, out, err = self._exec(
+            _WRITE_SCRIPT,
+            [path, f"{mode:04o}", owner_spec, str(len(content)),
+             hashlib.sha256(content).hexdigest()],
+            stdin=content)
         if status == 0:
             return
         message = (err or out).strip()
@@ -246,6 +419,14 @@ class SshTransport:
             raise TransportError(f"refusing to write {path}: it is a symlink",
                                  host=self.host.name, hint="replace the symlink by a regular "
                                  "file or remove it, then apply again")
+        if status == 44:
+            raise TransportError(f"refusing to write {path}: it exists and is not a regular "
+                                 "file", host=self.host.name,
+                                 hint="move whatever is at that path away, then apply again")
+        if status == 43:
+            raise TransportError(f"{path} arrived incomplete ({message}); the file on the "
+                                 "host is unchanged", host=self.host.name,
+                                 hint="check the connection to the host, then apply again")
         if "No space left" in message:
             raise TransportError(f"disk full writing {path}", host=self.host.name,
                                  hint="free space on the host, then apply again")
@@ -269,12 +450,14 @@ class SshTransport:
                         timeout: float) -> RestartOutcome:
         started = time.monotonic()
         verb = "reload" if reload else "restart"
-        status, out, err = self._exec(_RESTART_SCRIPT, [unit, verb, str(int(timeout))],
-                                      timeout=timeout + 30)
+        status, out, err = self._exec(
+            _RESTART_SCRIPT, [unit, verb, str(int(timeout)), f"{self.settle_seconds:g}"],
+            timeout=timeout + self.settle_seconds + 30)
         if status != 0:
+            lines = out.splitlines() or [err.strip() or f"exit status {status}"]
+            journal = lines[1:] or ["(none)"]
             raise ServiceError(
-                f"{unit} did not become active after {verb} ({out.splitlines()[0] if out else err})"
-                + "\n  last journal lines:\n    " + "\n    ".join(out.splitlines()[1:]),
+                f"{unit} {lines[0]}\n  last journal lines:\n    " + "\n    ".join(journal),
                 host=self.host.name,
                 hint=f"fix the unit (journalctl -u {unit} on {self.host.name}); then run "
                 "pkiform apply again: the rollout continues from this host")
@@ -307,5 +490,6 @@ class SshTransport:
     def close(self) -> None:
         with self._lock:
             if self._connection is not None:
-                self._connection.close()
+                self._discard(self._connection)
             self._connection = None
+            self._connect_error = None
