@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import heapq
-import multiprocessing
 import os
 import threading
 import time
@@ -102,11 +101,12 @@ class KeySource:
         total = sum(len(v) for v in requests.values())
         workers = workers if workers is not None else (os.cpu_count() or 1)
         if total >= 4 and workers > 1:
-            # forkserver, not fork: forking a threaded process can hand a child the pipes
-            # of a subprocess another thread is starting, and stall it until the pool exits.
-            self._pool = cf.ProcessPoolExecutor(
-                max_workers=workers, initializer=_die_with_parent,
-                mp_context=multiprocessing.get_context("forkserver"))
+            # The default fork context, and the pool is filled here, before apply starts its
+            # threads: workers forked later from a threaded process could inherit pipes of a
+            # subprocess another thread is starting. (forkserver was tried: its server and
+            # workers outlive a SIGKILLed apply; spawn re-imports the CLI's __main__.)
+            self._pool = cf.ProcessPoolExecutor(max_workers=workers,
+                                                initializer=_die_with_parent)
             # Submit in plan order, but chunked so a pool worker amortises IPC over a few keys.
             for address, algorithms in requests.items():
                 for algorithm in algorithms:
