@@ -144,8 +144,8 @@ class FileProvider:
         content = ctx.value(Ref(spec["source"], spec["content"]))
         inputs = self.inputs(spec)
         source_ref = Ref(spec["source"], spec["content"])
-        mode = int(inputs["mode"], 8) if inputs["mode"] else (
-            0o600 if ctx.is_secret(source_ref) else 0o644)
+        secret = ctx.is_secret(source_ref)
+        mode = int(inputs["mode"], 8) if inputs["mode"] else (0o600 if secret else 0o644)
         transport = ctx.host_transport(spec.host)
         prior = request.prior
         if prior is not None and (prior.outputs.get("path"), prior.outputs.get("host")) != (
@@ -155,7 +155,7 @@ class FileProvider:
             if old_host == spec.host.name:
                 transport.remove_file(prior.outputs["path"])
         transport.write_file(spec["path"], content, mode=mode, owner=spec["owner"],
-                             group=spec["group"])
+                             group=spec["group"], backup=not secret)
         sha = hashlib.sha256(content).hexdigest()
         outputs = {
             "host": spec.host.name,

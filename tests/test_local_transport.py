@@ -54,3 +54,24 @@ def test_apply_reports_a_symlinked_key_path_and_touches_nothing_through_it(tmp_p
     assert result.code == 1
     assert "file.apiserver-key[control-2]" in result.err and "symlink" in result.err
     assert victim.read_text() == "do not overwrite\n"
+
+
+def test_private_keys_keep_no_backup(tmp_path: Path) -> None:
+    transport = LocalTransport(Host("h", "10.0.0.1"), tmp_path)
+    transport.write_file("/etc/ca.key", b"old", mode=0o600, owner=None, group=None)
+    transport.write_file("/etc/ca.key", b"new", mode=0o600, owner=None, group=None,
+                         backup=False)
+    assert sorted(os.listdir(tmp_path / "h/etc")) == ["ca.key"]
+
+
+def test_a_rotation_leaves_no_old_key_behind(tmp_path: Path) -> None:
+    example = copy_example("kubeadm", tmp_path)
+    config = example / "pkiform.toml"
+    config.write_text(config.read_text().replace(
+        "[preset.kubeadm]", '[preset.kubeadm]\nkey = "ecdsa-p256"', 1))
+    assert run_cli("-C", str(example), "apply", "--auto-approve").code == 0
+    assert run_cli("-C", str(example), "apply", "--auto-approve", "--replace", "ca.etcd").code == 0
+    etcd = example / "target/control-1/etc/kubernetes/pki/etcd"
+    assert (etcd / "ca.crt.pkiform-backup").exists()  # public: kept for rollback
+    assert not (etcd / "ca.key.pkiform-backup").exists()
+    assert not list(etcd.glob("*.key.pkiform-backup"))

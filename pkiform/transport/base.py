@@ -40,9 +40,14 @@ class Transport(Protocol):
         ...
 
     def write_file(
-        self, path: str, content: bytes, *, mode: int, owner: str | None, group: str | None
+        self, path: str, content: bytes, *, mode: int, owner: str | None, group: str | None,
+        backup: bool = True,
     ) -> None:
-        """Atomically replace ``path`` (temp file in the same directory, fsync, rename)."""
+        """Atomically replace ``path`` (temp file in the same directory, fsync, rename).
+
+        With ``backup`` the replaced file is kept as ``<path>.pkiform-backup``; without it any
+        old backup is removed (private keys).
+        """
         ...
 
     def remove_file(self, path: str) -> bool:

@@ -76,7 +76,8 @@ class LocalTransport:
         return result
 
     def write_file(
-        self, path: str, content: bytes, *, mode: int, owner: str | None, group: str | None
+        self, path: str, content: bytes, *, mode: int, owner: str | None, group: str | None,
+        backup: bool = True,
     ) -> None:
         target = self.local_path(path)
         try:
@@ -90,12 +91,13 @@ class LocalTransport:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if target.exists():
-                # One generation kept beside the file for manual rollback.
-                backup = target.with_name(target.name + BACKUP_SUFFIX)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(backup)
-                os.link(target, backup)
+            backup_path = target.with_name(target.name + BACKUP_SUFFIX)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(backup_path)
+            if backup and target.exists():
+                # One generation kept beside the file for manual rollback (never for private
+                # keys: a rotation after a leak must not leave the leaked key behind).
+                os.link(target, backup_path)
             os.replace(tmp, target)
             dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:

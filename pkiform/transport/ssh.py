@@ -60,7 +60,7 @@ logging.getLogger(_WIRE_LOGGER).addFilter(_DropRefusedChannels())
 _WRITE_SCRIPT = r"""
 set -eu
 umask 022
-target=$1 mode=$2 owner=$3 size=$4 sha=$5
+target=$1 mode=$2 owner=$3 size=$4 sha=$5 backup=$6
 dir=$(dirname -- "$target")
 mkdir -p -m 0755 -- "$dir"
 if [ -L "$target" ]; then echo "pkiform: refusing to write through symlink $target" >&2; exit 40; fi
@@ -83,7 +83,11 @@ fi
 if [ -n "$owner" ]; then chown -- "$owner" "$tmp"; fi
 chmod -- "$mode" "$tmp"
 sync -- "$tmp"
-if [ -f "$target" ] && [ ! -L "$target" ]; then ln -f -- "$target" "$target.pkiform-backup"; fi
+if [ "$backup" = 1 ] && [ -f "$target" ] && [ ! -L "$target" ]; then
+  ln -f -- "$target" "$target.pkiform-backup"
+else
+  rm -f -- "$target.pkiform-backup"  # never keep an old private key lying around
+fi
 mv -f -T -- "$tmp" "$target"
 trap - EXIT
 sync -- "$dir"
@@ -107,7 +111,8 @@ load=$(prop LoadState)
 if [ "$load" != loaded ]; then
   echo "is not loaded on the host (LoadState=${load:-unknown})"; exit 41
 fi
-if ! msg=$(systemctl "$verb" -- "$unit" 2>&1); then
+# bounded: systemctl itself waits up to the unit's TimeoutStartSec otherwise
+if ! msg=$(timeout "$timeout" systemctl "$verb" -- "$unit" 2>&1); then
   echo "$verb failed: $(printf '%s' "$msg" | tr '\n' ' ')"; journal; exit 41
 fi
 end=$(( $(date +%s) + timeout ))
@@ -403,14 +408,14 @@ class SshTransport:
         return result
 
     def write_file(self, path: str, content: bytes, *, mode: int, owner: str | None,
-                   group: str | None) -> None:
+                   group: str | None, backup: bool = True) -> None:
         owner_spec = f"{owner}:{group}" if owner and group else (owner or "")
         # Length and hash (not the content: a key's SHA-256 reveals nothing) go on the
         # command line so the host can tell a complete upload from one cut short.
         status, out, err = self._exec(
             _WRITE_SCRIPT,
             [path, f"{mode:04o}", owner_spec, str(len(content)),
-             hashlib.sha256(content).hexdigest()],
+             hashlib.sha256(content).hexdigest(), "1" if backup else "0"],
             stdin=content)
         if status == 0:
             return

@@ -168,7 +168,7 @@ class FakeTransport:
                 else None for p in paths}
 
     def write_file(self, path: str, content: bytes, *, mode: int, owner: str | None,
-                   group: str | None) -> None:
+                   group: str | None, backup: bool = True) -> None:
         if self.recorder.fail_writes:
             raise InjectedFault(f"injected write failure: {path} on {self.host.name}")
         seq = self.recorder.tick()
