@@ -73,7 +73,7 @@ def check_plan_current(plan: Plan, store: StateStore) -> None:
         )
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Keygen workers must not outlive a killed apply (they would hold its pipes open)."""
     try:
         import ctypes
@@ -84,6 +84,8 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: workers end when their queue closes
         pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 def _generate_key(algorithm: str) -> bytes:
@@ -106,7 +108,8 @@ class KeySource:
             # subprocess another thread is starting. (forkserver was tried: its server and
             # workers outlive a SIGKILLed apply; spawn re-imports the CLI's __main__.)
             self._pool = cf.ProcessPoolExecutor(max_workers=workers,
-                                                initializer=_die_with_parent)
+                                                initializer=_die_with_parent,
+                                                initargs=(os.getpid(),))
             # Submit in plan order, but chunked so a pool worker amortises IPC over a few keys.
             for address, algorithms in requests.items():
                 for algorithm in algorithms:

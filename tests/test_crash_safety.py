@@ -49,16 +49,19 @@ def make_cluster(root: Path) -> Path:
 
 
 def run_killable(directory: Path, mode: str, k: int, env: dict[str, str]) -> int:
-    process = subprocess.Popen([sys.executable, "-m", "tests.crash.runner", str(directory),
-                                mode, str(k)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _, err = process.communicate(timeout=60)
-    finally:
-        # Anything of the killed apply still alive (it must not be) goes with its group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
+    log = directory.parent / "runner.log"
+    with open(log, "wb") as err:
+        # A file, not a pipe: waiting for a pipe's EOF would also wait for any straggler.
+        process = subprocess.Popen([sys.executable, "-m", "tests.crash.runner", str(directory),
+                                    mode, str(k)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=err, start_new_session=True)
+        try:
+            process.wait(timeout=60)
+        finally:
+            # Anything of the killed apply still alive (it must not be) goes with its group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode in (0, -signal.SIGKILL), log.read_text()[-2000:]
     return process.returncode
 
 

@@ -60,7 +60,7 @@ logging.getLogger(_WIRE_LOGGER).addFilter(_DropRefusedChannels())
 _WRITE_SCRIPT = r"""
 set -eu
 umask 022
-target=$1 mode=$2 owner=$3 size=$4 sha=$5 backup=$6
+target=$1 mode=$2 owner=$3 size=$4 sha=$5 backup=${6:-1}
 dir=$(dirname -- "$target")
 mkdir -p -m 0755 -- "$dir"
 if [ -L "$target" ]; then echo "pkiform: refusing to write through symlink $target" >&2; exit 40; fi
