@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from datetime import datetime
 
@@ -101,7 +100,3 @@ def render_expiry(rows: list[ExpiryRow]) -> str:
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() + "\n"
         for line in table
     )
-
-
-def rows_json(rows: list[ExpiryRow]) -> str:
-    return json.dumps([r.to_dict() for r in rows], indent=2) + "\n"

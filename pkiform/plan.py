@@ -16,7 +16,7 @@ progress, so an interrupted one resumes from its phase.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -460,7 +460,3 @@ def make_plan(
     **options: Any,
 ) -> Plan:
     return Planner(config, state, registry).plan(**options)
-
-
-def restart_changes(plan: Plan) -> Sequence[Change]:
-    return [c for c in plan.changes if c.action is Action.RESTART]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -295,10 +295,6 @@ class _Verdicts:
         return reasons
 
 
-def check_pair(pair: _Pair, client: _Views, server: _Views, at: datetime) -> list[str]:
-    return _Verdicts(at).check(pair, client, server)
-
-
 def prove(plan: Plan, config: Config, state: State, registry: Registry) -> ProofReport:
     pairs = expand_edges(config)
     if not pairs:
@@ -359,10 +355,3 @@ def prove_plan(workspace: Any, plan: Plan) -> ProofReport:
 def _rotates(plan: Plan) -> bool:
     return any(c.action in (Action.REPLACE, Action.UPDATE, Action.CREATE, Action.DELETE)
                for c in plan.changes)
-
-
-def group_failures(report: ProofReport) -> Mapping[str, Sequence[EdgeFailure]]:
-    grouped: dict[str, list[EdgeFailure]] = defaultdict(list)
-    for failure in report.failures:
-        grouped[failure.phase].append(failure)
-    return grouped

@@ -17,7 +17,7 @@ from typing import Any
 from pkiform.address import Address
 from pkiform.apply import Applier, ApplyResult, Hook, check_plan_current
 from pkiform.config import load_config
-from pkiform.errors import ConfigError, PkiformError, TransportError
+from pkiform.errors import ConfigError, TransportError
 from pkiform.model import Config, Host
 from pkiform.plan import Plan, make_plan
 from pkiform.provider import Observation, Registry
@@ -170,10 +170,3 @@ class Workspace:
                 on_phase_end=on_phase_end,
             )
             return applier.run()
-
-
-def open_workspace(directory: str | os.PathLike[str]) -> Workspace:
-    try:
-        return Workspace(directory)
-    except PkiformError:
-        raise
