@@ -106,6 +106,10 @@ class Observation:
     """What a transport read on a host at plan time (refresh)."""
 
     content_sha256: str | None = None  # None: file missing
+    mode: int | None = None
+    owner: str | None = None  # None where the transport does not manage owners (local)
+    group: str | None = None
+    is_symlink: bool = False
     serving_fingerprint: str | None = None  # what the process presents now
     expected_fingerprint: str | None = None  # the certificate in state it should present
 

@@ -100,10 +100,16 @@ class Workspace:
             if host is None or (hosts is not None and host_name not in hosts):
                 continue
             stats = self.transport_factory(host).read_files([path for _, path in files])
+            owners = host.transport != "local"  # the local target does not chown
             for address, path in files:
                 stat = stats.get(path)
+                if stat is None or stat.is_symlink:
+                    observations[address] = Observation(
+                        is_symlink=stat is not None and stat.is_symlink)
+                    continue
                 observations[address] = Observation(
-                    content_sha256=None if stat is None or stat.is_symlink else stat.sha256)
+                    content_sha256=stat.sha256, mode=stat.mode,
+                    owner=stat.owner if owners else None, group=stat.group if owners else None)
         # Services that name their TLS endpoint: what is the process actually serving?
         for address_text, record in state.resources.items():
             if record.kind != "service" or not record.outputs.get("serving_fingerprint"):

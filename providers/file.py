@@ -122,15 +122,32 @@ class FileProvider:
                                     frozenset({"content"}) if moved else frozenset())
             observed = request.observation
             if observed is not None:
-                if observed.content_sha256 is None:
-                    decision = decision.merge(Decision(Action.UPDATE, ("missing on host",)))
-                elif observed.content_sha256 != prior.outputs.get("content_sha256"):
-                    decision = decision.merge(Decision(Action.UPDATE, ("changed on host",)))
+                decision = decision.merge(self._drift(observed, prior.outputs))
         if request.changed_dependencies:
             causes = sorted(set(request.changed_dependencies.values()))
             decision = decision.merge(Decision(Action.UPDATE, tuple(causes),
                                                frozenset({"content"})))
         return decision
+
+    @staticmethod
+    def _drift(observed: Any, recorded: Mapping[str, Any]) -> Decision:
+        """What refresh saw on the host against what the last apply wrote (no restart)."""
+        if observed.is_symlink:
+            return Decision(Action.UPDATE, ("a symlink on host (apply refuses to write through "
+                                            "it: remove it)",))
+        if observed.content_sha256 is None:
+            return Decision(Action.UPDATE, ("missing on host",))
+        reasons = []
+        if observed.content_sha256 != recorded.get("content_sha256"):
+            reasons.append("changed on host")
+        declared = recorded.get("mode")
+        if observed.mode is not None and declared and observed.mode != int(declared, 8):
+            reasons.append(f"mode {observed.mode:04o} on host, declared {declared}")
+        for key in ("owner", "group"):
+            seen, wanted = getattr(observed, key), recorded.get(key)
+            if seen is not None and wanted and seen != wanted:
+                reasons.append(f"{key} {seen} on host, declared {wanted}")
+        return Decision(Action.UPDATE, tuple(reasons)) if reasons else Decision.noop()
 
     def replace_steps(self, spec: ResourceSpec, mode: str) -> Sequence[ReplaceStep]:
         return [ReplaceStep("replace", "apply", Action.REPLACE, ALL_OUTPUTS, "rewritten")]

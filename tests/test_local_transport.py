@@ -75,3 +75,21 @@ def test_a_rotation_leaves_no_old_key_behind(tmp_path: Path) -> None:
     assert (etcd / "ca.crt.pkiform-backup").exists()  # public: kept for rollback
     assert not (etcd / "ca.key.pkiform-backup").exists()
     assert not list(etcd.glob("*.key.pkiform-backup"))
+
+
+def test_mode_drift_on_the_target_is_planned_and_fixed(tmp_path: Path) -> None:
+    import json
+
+    example = copy_example("kubeadm", tmp_path)
+    config = example / "pkiform.toml"
+    config.write_text(config.read_text().replace(
+        "[preset.kubeadm]", '[preset.kubeadm]\nkey = "ecdsa-p256"', 1))
+    assert run_cli("-C", str(example), "apply", "--auto-approve").code == 0
+    key = example / "target/control-2/etc/kubernetes/pki/apiserver.key"
+    key.chmod(0o644)
+    plan = json.loads(run_cli("-C", str(example), "plan", "--json").out)
+    assert [(c["address"], c["reasons"]) for c in plan["changes"]] == [
+        ("file.apiserver-key[control-2]", ["mode 0644 on host, declared 0600"])]
+    assert run_cli("-C", str(example), "apply", "--auto-approve").code == 0
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert run_cli("-C", str(example), "plan", "--detailed-exitcode").code == 0

@@ -409,9 +409,6 @@ def test_remote_edit_plans_exactly_that_update(cluster: Cluster) -> None:
     assert_plan_empty(cluster.directory)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: refresh observes only a file's content hash, "
-                   "so a key chmod'ed 0644 on a host goes unnoticed (workspace.py refresh / "
-                   "providers/file.py plan)")
 def test_mode_drift_of_a_key_is_planned(cluster: Cluster) -> None:
     host = cluster.host("lab-3")
     path = f"{PKI}/apiserver.key"
