@@ -334,7 +334,8 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry) -> Proof
 def prove_plan(workspace: Any, plan: Plan) -> ProofReport:
     """Run the proof for a workspace's plan; refuse a zero-downtime plan that breaks an edge."""
     try:
-        state = workspace.store.load(decrypt=True)
+        # Only a simulation signs anything; a no-op plan is proven on public outputs alone.
+        state = workspace.store.load(decrypt=not plan.is_empty)
     except SecretKeyError as exc:
         return ProofReport(0, len(plan.phases), 0, (), plan.mode,
                            skipped=f"state key unavailable: {exc.message}")

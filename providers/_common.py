@@ -163,3 +163,12 @@ def clamp_validity(days: int, issuer_cert_pem: bytes, now: datetime, signer: str
         raise PkiError(f"signer {signer} expires {end:%Y-%m-%d}: it must be rotated before it "
                        "can sign", hint=f"pkiform apply --replace {signer}")
     return min(days, remaining)
+
+
+def is_root(cert_pem: bytes) -> bool:
+    """Self-signed: a trust anchor, left out of the chains pkiform deploys."""
+    from pkiform.pki.certs import describe_certificate
+
+    info = describe_certificate(cert_pem)
+    return info.subject == info.issuer and info.subject_key_id_hex == (
+        info.authority_key_id_hex or info.subject_key_id_hex)

@@ -39,12 +39,6 @@ from pkiform.providers._rotation import (
 CA_KEY_USAGES = ("digital_signature", "key_encipherment", "cert_sign")
 
 
-def _self_signed(cert_pem: bytes) -> bool:
-    info = x509.describe_certificate(cert_pem)
-    return info.subject == info.issuer and info.subject_key_id_hex == (
-        info.authority_key_id_hex or info.subject_key_id_hex)
-
-
 class CaProvider:
     kind: ClassVar[str] = "ca"
     per_host: ClassVar[bool] = False
@@ -146,7 +140,7 @@ class CaProvider:
                 cert_request.validity_days, issuer_cert, ctx.now, str(signer)))
             cert = x509.issue_certificate(cert_request, key_pem, issuer_cert, issuer_key, ctx.now)
             parent_chain = x509.split_pem_bundle(ctx.value(Ref(signer, "chain")))
-            parents = [p.decode() for p in parent_chain if not _self_signed(p)]
+            parents = [p.decode() for p in parent_chain if not common.is_root(p)]
         info = x509.describe_certificate(cert)
         public = {
             "cert": cert.decode(),

@@ -124,7 +124,7 @@ class CertProvider:
         cert = x509.issue_certificate(cert_request, key_pem, issuer_cert, issuer_key, ctx.now)
         info = x509.describe_certificate(cert)
         signer_chain = x509.split_pem_bundle(ctx.value(Ref(signer, "chain")))
-        intermediates = [c.decode() for c in signer_chain if not _is_root(c)]
+        intermediates = [c.decode() for c in signer_chain if not common.is_root(c)]
         outputs = {
             "cert": cert.decode(),
             "intermediates": intermediates,
@@ -153,8 +153,3 @@ class CertProvider:
 
     def delete(self, address: Address, prior: Any, context: Any) -> str:
         return "forgotten (key removed from state)"
-
-
-def _is_root(cert_pem: bytes) -> bool:
-    info = x509.describe_certificate(cert_pem)
-    return info.subject == info.issuer

@@ -89,8 +89,7 @@ def test_layer_check_would_catch_a_violation(tmp_path: Path) -> None:
                       "def f():\n    from pkiform import cli\n")
     modules = imported_modules(sample)
     assert violates("fabric", FORBIDDEN_FOR_ENGINE)
-    assert {"fabric", "pkiform.providers.ca", "pkiform.cli"} <= modules | {
-        m.rsplit(".", 0)[0] for m in modules}
+    assert {"fabric", "pkiform.providers.ca", "pkiform.cli"} <= modules
 
 
 def test_installed_names_stay_under_pkiform(tmp_path: Path) -> None:
