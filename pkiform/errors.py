@@ -39,6 +39,19 @@ class ConfigError(PkiformError, ValueError):
         self.address = address
 
 
+class DependencyCycleError(ConfigError):
+    """Resources depend on each other in a circle; ``cycle`` lists it, first node repeated."""
+
+    def __init__(self, cycle: list[object], *, file: str | None = None) -> None:
+        # Edges point dependency → dependent; printed as "depends on", hence reversed.
+        shown = cycle[::-1]
+        super().__init__(
+            "dependency cycle (→ means depends on): " + " → ".join(map(str, shown)),
+            file=file, address=str(shown[0]),
+            hint="remove one of these references; a resource cannot depend on itself")
+        self.cycle = shown
+
+
 class PkiError(PkiformError, ValueError):
     """A key, certificate or rendering input is invalid."""
 

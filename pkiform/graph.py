@@ -7,6 +7,7 @@ key, so the same input always walks, prints and applies in the same order.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -54,6 +55,46 @@ def require_acyclic(graph: nx.DiGraph, describe: Callable[[Any], str] = str) -> 
             address=describe(cycle[0]),
             hint="remove one of these references; a resource cannot depend on itself",
         )
+
+
+def lexicographic_order(
+    nodes: Iterable[Node],
+    dependencies: Mapping[Node, Iterable[Node]],
+    key: Callable[[Node], Any],
+) -> list[Node] | None:
+    """Dependencies before dependents, smallest ``key`` first among nodes ready together;
+    None when the dependencies have a cycle (`find_cycle` on `build` names it).
+
+    The same order as `topological_order` with the same key, computed on plain dicts (Kahn's
+    algorithm with a heap): at 25,000 resources it is several times faster than building a
+    networkx graph first, and planning needs only the order.
+    """
+    waiting: dict[Node, int] = {}
+    dependents: dict[Node, list[Node]] = {}
+    for node in nodes:
+        waiting[node] = 0
+        dependents[node] = []
+    for dependent, deps in dependencies.items():
+        for dep in set(deps):
+            if dep not in dependents:
+                raise KeyError(f"{dependent} depends on unknown node {dep}")
+            dependents[dep].append(dependent)
+            waiting[dependent] += 1
+    # (key, sequence, node): equal keys fall back to first-seen order, never compare nodes.
+    ready = [(key(node), i, node) for i, (node, count) in enumerate(waiting.items())
+             if count == 0]
+    heapq.heapify(ready)
+    sequence = len(waiting)
+    order: list[Node] = []
+    while ready:
+        node = heapq.heappop(ready)[2]
+        order.append(node)
+        for dependent in dependents[node]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                sequence += 1
+                heapq.heappush(ready, (key(dependent), sequence, dependent))
+    return order if len(order) == len(waiting) else None
 
 
 def topological_order(graph: nx.DiGraph, key: Callable[[Any], Any] | None = None) -> list[Any]:

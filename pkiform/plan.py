@@ -16,6 +16,7 @@ progress, so an interrupted one resumes from its phase.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,7 @@ import attrs
 
 from pkiform import graph as dag
 from pkiform.address import Address, Ref
-from pkiform.errors import PlanError
+from pkiform.errors import DependencyCycleError, PlanError
 from pkiform.model import Config, Host, ResourceSpec
 from pkiform.provider import (
     ALL_OUTPUTS,
@@ -138,24 +139,60 @@ def _verb(action: Action) -> str:
     }[action]
 
 
+@attrs.frozen(eq=False)
+class ResourceGraph:
+    """A config's dependencies and its deterministic walk order (dependencies first)."""
+
+    refs: Mapping[Address, tuple[Ref, ...]]  # the outputs each resource is built from
+    requires: Mapping[Address, tuple[Address, ...]]  # refs' resources + depends_on
+    order: tuple[Address, ...]
+
+    def to_networkx(self) -> Any:
+        return dag.build(self.order, self.requires)
+
+
+# One analysis per (config object, registry): the loader's cycle check and the planner share it.
+_GRAPHS: weakref.WeakKeyDictionary[Config, tuple[Registry, ResourceGraph]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def resource_graph(config: Config, registry: Registry) -> ResourceGraph:
+    """Dependencies and order of ``config``'s resources; `DependencyCycleError` if none exists."""
+    cached = _GRAPHS.get(config)
+    if cached is not None and cached[0] is registry:
+        return cached[1]
+    refs: dict[Address, tuple[Ref, ...]] = {}
+    requires: dict[Address, tuple[Address, ...]] = {}
+    for address, spec in config.resources.items():
+        own = tuple(registry[address.kind].dependencies(spec))
+        refs[address] = own
+        requires[address] = tuple(sorted({r.address for r in own}
+                                         | set(spec.get("depends_on") or ())))
+    order = dag.lexicographic_order(config.resources, requires, key=_sort_key)
+    if order is None:
+        cycle = dag.find_cycle(dag.build(config.resources, requires))
+        assert cycle is not None  # Kahn's walk stopped short: there is one
+        raise DependencyCycleError(cycle, file=config.resources[cycle[0]].origin)
+    result = ResourceGraph(refs, requires, tuple(order))
+    _GRAPHS[config] = (registry, result)
+    return result
+
+
 class Planner:
     def __init__(self, config: Config, state: State, registry: Registry) -> None:
         self.config = config
         self.state = state
         self.registry = registry
-        self.dependencies: dict[Address, tuple[Ref, ...]] = {}
-        for address, spec in config.resources.items():
-            provider = registry[address.kind]
-            self.dependencies[address] = tuple(provider.dependencies(spec))
-        graph = dag.build(
-            config.resources,
-            {
-                a: {r.address for r in refs} | set(config.resources[a].get("depends_on") or ())
-                for a, refs in self.dependencies.items()
-            },
-        )
-        self.graph = graph
-        self.order: list[Address] = dag.topological_order(graph, key=_sort_key)
+        analysis = resource_graph(config, registry)
+        self.dependencies: Mapping[Address, tuple[Ref, ...]] = analysis.refs
+        self.order: tuple[Address, ...] = analysis.order
+        self._analysis = analysis
+
+    @property
+    def graph(self) -> Any:
+        """The dependency graph as networkx (edges dependency → dependent), for display."""
+        return self._analysis.to_networkx()
 
     def provider(self, address: Address) -> Provider:
         return self.registry[address.kind]

@@ -15,8 +15,10 @@ edges are reported as the expected outage.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +61,9 @@ class ProofReport:
     skipped: str | None = None
     # Pairs already broken before the plan (e.g. expired certs): reported, never blamed on it.
     preexisting: tuple[EdgeFailure, ...] = ()
+    verified: int = 0  # distinct half-edge verifications run (the rest were memoized)
+    # Pairs proven through a representative of their host's symmetry class, not one by one.
+    represented: int = 0
 
     @property
     def ok(self) -> bool:
@@ -75,8 +80,12 @@ class ProofReport:
             if len(self.preexisting) > 20:
                 lines.append(f"  … and {len(self.preexisting) - 20} more")
         if self.ok:
-            lines.append(f"trust: {self.edges} edges verified across {self.phases} "
-                         f"phase{'s' if self.phases != 1 else ''} ({self.checks} checks)")
+            line = (f"trust: {self.edges} edges verified across {self.phases} "
+                    f"phase{'s' if self.phases != 1 else ''} ({self.checks} checks")
+            if self.represented:
+                line += (f"; {self.represented} of them through a representative host of the "
+                         "same shape")
+            lines.append(line + ")")
             return "\n".join(lines)
         head = (f"trust: {len(self.failures)} broken edge checks of {self.checks} across "
                 f"{self.phases} phases")
@@ -94,6 +103,8 @@ class ProofReport:
             "checks": self.checks,
             "ok": self.ok,
             "skipped": self.skipped,
+            "verified": self.verified,
+            "represented": self.represented,
             "failures": [attrs.asdict(f) for f in self.failures],
             "preexisting": [attrs.asdict(f) for f in self.preexisting],
         }
@@ -172,20 +183,23 @@ class _Views:
     def __init__(self, state: State, registry: Registry) -> None:
         self.state = state
         self.registry = registry
-        self._cache: dict[tuple[str, str], bytes | None] = {}
+        self._cache: dict[tuple[Address, str], bytes | None] = {}
 
     def value(self, address: Address, output: str) -> bytes | None:
-        key = (str(address), output)
-        if key not in self._cache:
-            record = self.state.get(str(address))
-            if record is None:
-                self._cache[key] = None
-            elif record.kind == "kubeconfig":
-                self._cache[key] = record.outputs["ca_bundle"].encode()
-            else:
-                self._cache[key] = self.registry[record.kind].output_value(
-                    record.outputs, {}, output)
-        return self._cache[key]
+        key = (address, output)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        record = self.state.get(str(address))
+        if record is None:
+            value = None
+        elif record.kind == "kubeconfig":
+            value = record.outputs["ca_bundle"].encode()
+        else:
+            value = self.registry[record.kind].output_value(record.outputs, {}, output)
+        self._cache[key] = value
+        return value
 
 
 def _instances(index: Mapping[Address, dict[str | None, Address]],
@@ -261,58 +275,232 @@ class _Verdicts:
 
     Thousands of pairs share the same server chain and client trust (every kubelet dials the
     same apiserver with the same CA bundle), so the server half is verified once per distinct
-    input; client halves differ per client certificate.
+    input; client halves differ per client certificate. `prefetch` verifies a batch of
+    distinct inputs on a thread pool (cryptography's verifier releases the GIL).
     """
 
     def __init__(self, at: datetime) -> None:
         self.at = at
         self._server: dict[tuple[str, bytes, bytes], str | None] = {}
         self._client: dict[tuple[bytes, bytes], str | None] = {}
+        self.verified = 0
 
-    def check(self, pair: _Pair, client: _Views, server: _Views) -> list[str]:
-        reasons = []
+    @staticmethod
+    def _keys(pair: _Pair, client: _Views, server: _Views
+              ) -> tuple[tuple[str, bytes, bytes] | None, tuple[bytes, bytes] | None]:
+        server_key = client_key = None
         if pair.server_cert is not None and pair.client_trust is not None:
             chain = server.value(pair.server_cert, "chain")
             trust = client.value(pair.client_trust, "cert")
             if chain is not None and trust is not None:
-                key = (pair.server_name, chain, trust)
-                if key not in self._server:
-                    self._server[key] = verify_server_chain(
-                        chain_pem=chain, trust_pem=trust, server_name=pair.server_name,
-                        at=self.at)
-                if self._server[key]:
-                    reasons.append(f"server auth: {self._server[key]}")
+                server_key = (pair.server_name, chain, trust)
         if pair.client_cert is not None and pair.server_client_ca is not None:
             chain = client.value(pair.client_cert, "chain")
             trust = server.value(pair.server_client_ca, "cert")
             if chain is not None and trust is not None:
-                ckey = (chain, trust)
-                if ckey not in self._client:
-                    self._client[ckey] = verify_client_chain(chain_pem=chain, trust_pem=trust,
-                                                             at=self.at)
-                if self._client[ckey]:
-                    reasons.append(f"client auth: {self._client[ckey]}")
+                client_key = (chain, trust)
+        return server_key, client_key
+
+    def _verify_server(self, key: tuple[str, bytes, bytes]) -> str | None:
+        return verify_server_chain(chain_pem=key[1], trust_pem=key[2], server_name=key[0],
+                                   at=self.at)
+
+    def _verify_client(self, key: tuple[bytes, bytes]) -> str | None:
+        return verify_client_chain(chain_pem=key[0], trust_pem=key[1], at=self.at)
+
+    def prefetch(self, items: Iterable[tuple[_Pair, _Views, _Views]]) -> None:
+        servers: dict[tuple[str, bytes, bytes], None] = {}
+        clients: dict[tuple[bytes, bytes], None] = {}
+        for pair, client, server in items:
+            server_key, client_key = self._keys(pair, client, server)
+            if server_key is not None and server_key not in self._server:
+                servers[server_key] = None
+            if client_key is not None and client_key not in self._client:
+                clients[client_key] = None
+        jobs: list[tuple[Callable[[Any], str | None], Any]] = [
+            (self._verify_server, k) for k in servers] + [(self._verify_client, k) for k in clients]
+        def run(batch: list[tuple[Callable[[Any], str | None], Any]]) -> list[str | None]:
+            return [verify(key) for verify, key in batch]
+
+        threads = _VERIFY_THREADS if len(jobs) >= _PARALLEL_MIN else 1
+        if threads == 1:
+            results = run(jobs)
+        else:
+            # One contiguous slice per thread: a future per verification costs more than the
+            # Python around each one.
+            size = -(-len(jobs) // threads)
+            with ThreadPoolExecutor(threads) as pool:
+                parts = pool.map(run, [jobs[i:i + size] for i in range(0, len(jobs), size)])
+                results = [result for part in parts for result in part]
+        self.verified += len(jobs)
+        for (verify, key), result in zip(jobs, results, strict=True):
+            target: dict[Any, str | None] = (
+                self._server if verify == self._verify_server else self._client)
+            target[key] = result
+
+    def check(self, pair: _Pair, client: _Views, server: _Views) -> list[str]:
+        reasons = []
+        server_key, client_key = self._keys(pair, client, server)
+        if server_key is not None:
+            if server_key not in self._server:
+                self._server[server_key] = self._verify_server(server_key)
+                self.verified += 1
+            if self._server[server_key]:
+                reasons.append(f"server auth: {self._server[server_key]}")
+        if client_key is not None:
+            if client_key not in self._client:
+                self._client[client_key] = self._verify_client(client_key)
+                self.verified += 1
+            if self._client[client_key]:
+                reasons.append(f"client auth: {self._client[client_key]}")
         return reasons
 
 
-def prove(plan: Plan, config: Config, state: State, registry: Registry) -> ProofReport:
+# Below this many distinct verifications a thread pool costs more than it saves.
+_PARALLEL_MIN = 256
+_VERIFY_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+# -- symmetry: hosts that are the same up to their name ---------------------------------------
+#
+# Every per-host instance is its declaration's table with {host.name}/{host.address}
+# substituted and same-host references resolved to the host's own instance. Two hosts with
+# the same declarations, groups, planned changes, trust-relevant state (who signed their
+# certificates, which bundles they hold, where a rotation stands) and an unbroken baseline
+# are therefore the same up to renaming, and every verdict on one holds for the other with the
+# names swapped. The proof simulates and checks one representative per class (two, for pairs
+# between different members) instead of all 5,000 kubelets. Any failure found that way is
+# re-proven in full, so a report that names failures always names every host.
+
+# Outputs that decide what a host's certificates chain to and what its trust holds. Anything
+# else a record has (its own certificate, paths, serials) differs per host by construction.
+_TRUST_OUTPUTS = ("signer", "signer_fingerprint", "intermediates", "ca_bundle", "rotation",
+                  "active", "fingerprints")
+
+
+def _record_shape(record: Any) -> Any:
+    if record is None:
+        return None
+    outputs = record.outputs
+    shape: list[Any] = [record.kind]
+    for key in _TRUST_OUTPUTS:
+        if key in outputs:
+            shape.append((key, repr(outputs[key])))
+    if record.kind == "ca":  # a per-host CA makes its host one of a kind
+        shape.append(("generations", tuple(g.get("fingerprint") for g in
+                                           outputs.get("generations", ()))))
+    return tuple(shape)
+
+
+def _host_of(address: Address, spec: Any) -> str | None:
+    return address.host or (spec.host.name if spec is not None and spec.host else None)
+
+
+def _representatives(plan: Plan, config: Config, state: State, pairs: list[_Pair],
+                     broken: Iterable[_Pair]) -> dict[str, tuple[str, str | None]] | None:
+    """Host → (first, second) member of its symmetry class; None when nothing collapses."""
+    unique: set[str] = set()
+    for pair in broken:  # a host with a broken edge is proven on its own
+        unique.update(h for h in (pair.client_host, pair.server_host) if h)
+    shapes: dict[str, list[Any]] = defaultdict(list)
+    for address, spec in config.resources.items():
+        host = _host_of(address, spec)
+        if host is not None:
+            shapes[host].append((address.kind, address.name,
+                                 _record_shape(state.get(str(address)))))
+    for change in plan.changes:
+        host = change.host
+        if host is not None:
+            shapes[host].append(("change", change.kind, change.address.name,
+                                 change.action.value, change.phase, change.step,
+                                 change.outputs))
+    classes: dict[Any, list[str]] = defaultdict(list)
+    for name in sorted(config.hosts):
+        host = config.hosts[name]
+        if name in unique:
+            key: Any = ("unique", name)
+        else:
+            key = (host.groups, tuple(sorted(shapes.get(name, ()), key=repr)))
+        classes[key].append(name)
+    if all(len(members) == 1 for members in classes.values()):
+        return None
+    result: dict[str, tuple[str, str | None]] = {}
+    for members in classes.values():
+        pick = (members[0], members[1] if len(members) > 1 else None)
+        for name in members:
+            result[name] = pick
+    return result
+
+
+def _reduce(plan: Plan, pairs: list[_Pair],
+            classes: Mapping[str, tuple[str, str | None]]) -> tuple[Plan, list[_Pair]] | None:
+    """The plan on representative hosts only, and the pairs that stand for all others."""
+    kept_hosts = {h for pick in classes.values() for h in pick if h is not None}
+    kept, dropped = [], set()
+    for change in plan.changes:
+        if change.host is None or change.host in kept_hosts:
+            kept.append(change)
+        else:
+            dropped.add(change.address)
+    for change in kept:
+        needs = {r.address for r in change.dependencies} | set(change.order_after)
+        if needs & dropped:  # a shared resource built from a dropped one: no symmetry
+            return None
+    chosen = []
+    for pair in pairs:
+        client, server = pair.client_host, pair.server_host
+        want_client = classes[client][0] if client in classes else client
+        want_server = classes[server][0] if server in classes else server
+        if (client is not None and server is not None and client != server
+                and classes.get(client) is not None
+                and classes.get(client) == classes.get(server)):
+            want_server = classes[server][1]
+        if (client, server) == (want_client, want_server):
+            chosen.append(pair)
+    return attrs.evolve(plan, changes=tuple(kept)), chosen
+
+
+def prove(plan: Plan, config: Config, state: State, registry: Registry, *,
+          symmetry: bool = True) -> ProofReport:
     pairs = expand_edges(config)
     if not pairs:
         return ProofReport(0, len(plan.phases), 0, (), plan.mode, skipped="no tls edges declared")
-    snapshots = simulate(plan, state, registry) if not plan.is_empty else [("before", state)]
-    views = [(name, _Views(s, registry)) for name, s in snapshots]
+    verdicts = _Verdicts(plan.at)
+    initial = _Views(state, registry)
+    verdicts.prefetch((pair, initial, initial) for pair in pairs)
+    baseline_broken = [pair for pair in pairs if verdicts.check(pair, initial, initial)]
+    if plan.is_empty:
+        return _check(plan, [("before", initial)], pairs, baseline_broken, verdicts, len(pairs))
+    reduced = None
+    if symmetry:
+        classes = _representatives(plan, config, state, pairs, baseline_broken)
+        reduced = _reduce(plan, pairs, classes) if classes is not None else None
+    if reduced is not None:
+        small_plan, chosen = reduced
+        views = [(name, _Views(s, registry)) for name, s in simulate(small_plan, state, registry)]
+        report = _check(plan, views, chosen, baseline_broken, verdicts, len(pairs))
+        if report.ok:
+            return attrs.evolve(report, represented=len(pairs) - len(chosen))
+        # Name every failing host, not just the representatives: prove again in full.
+    views = [(name, _Views(s, registry)) for name, s in simulate(plan, state, registry)]
+    return _check(plan, views, pairs, baseline_broken, verdicts, len(pairs))
+
+
+def _check(plan: Plan, views: list[tuple[str, _Views]], pairs: list[_Pair],
+           baseline_broken: list[_Pair], verdicts: _Verdicts, total: int) -> ProofReport:
     failures: list[EdgeFailure] = []
     preexisting: list[EdgeFailure] = []
     checks = 0
-    verdicts = _Verdicts(plan.at)
-    initial = views[0][1]
-    baseline_broken = {id(pair) for pair in pairs if verdicts.check(pair, initial, initial)}
+    broken = {id(pair) for pair in baseline_broken}
     boundaries = list(itertools.pairwise(views)) or [(views[0], views[0])]
+    combos_of = []
     for (_, before), (phase, after) in boundaries:
         combos = [("before", before, "before", before), ("before", before, "after", after),
                   ("after", after, "before", before), ("after", after, "after", after)]
-        if before is after:
-            combos = combos[:1]
+        combos_of.append((phase, combos[:1] if before is after else combos))
+    verdicts.prefetch((pair, c_view, s_view) for _, combos in combos_of for pair in pairs
+                      for _, c_view, _, s_view in combos)
+    for phase, combos in combos_of:
         seen: set[tuple[Any, ...]] = set()
         for pair in pairs:
             for c_label, c_view, s_label, s_view in combos:
@@ -322,20 +510,20 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry) -> Proof
                     if marker in seen:
                         continue
                     seen.add(marker)
-                    target = preexisting if id(pair) in baseline_broken else failures
+                    target = preexisting if id(pair) in broken else failures
                     target.append(EdgeFailure(
                         pair.edge.name, pair.client_host or "-", pair.server_host or "-",
                         phase if len(views) > 1 else "current",
                         f"client {c_label} / server {s_label}", reason))
-    return ProofReport(len(pairs), max(1, len(views) - 1), checks, tuple(failures), plan.mode,
-                       preexisting=tuple(preexisting))
+    return ProofReport(total, max(1, len(views) - 1), checks, tuple(failures), plan.mode,
+                       preexisting=tuple(preexisting), verified=verdicts.verified)
 
 
 def prove_plan(workspace: Any, plan: Plan) -> ProofReport:
     """Run the proof for a workspace's plan; refuse a zero-downtime plan that breaks an edge."""
     try:
         # Only a simulation signs anything; a no-op plan is proven on public outputs alone.
-        state = workspace.store.load(decrypt=not plan.is_empty)
+        state = workspace.load_state(decrypt=not plan.is_empty)
     except SecretKeyError as exc:
         return ProofReport(0, len(plan.phases), 0, (), plan.mode,
                            skipped=f"state key unavailable: {exc.message}")

@@ -60,6 +60,7 @@ class Workspace:
         self.store = StateStore(self.directory / settings.state_dir, key_file)
         self.target_root = self.directory / settings.target_root
         self._transports: dict[str, Any] = {}
+        self._states: dict[bool, tuple[tuple[Any, ...], State]] = {}
 
     # -- transports -------------------------------------------------------------------
 
@@ -134,7 +135,32 @@ class Workspace:
     # -- plan / apply -------------------------------------------------------------------
 
     def load_state(self, *, decrypt: bool = False) -> State:
-        return self.store.load(decrypt=decrypt)
+        """The state, read once per run: plan and its proof share one load.
+
+        Reused only while the state and journal files are exactly the ones read (same
+        inode, size and mtime: every save is a rename, every journal line grows the file).
+        A decrypted load also serves a request without decryption.
+        """
+        stamp = self._state_stamp()
+        for decrypted in (True, False) if not decrypt else (True,):
+            cached = self._states.get(decrypted)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        state = self.store.load(decrypt=decrypt)
+        if self._state_stamp() == stamp:
+            self._states[decrypt] = (stamp, state)
+        return state
+
+    def _state_stamp(self) -> tuple[Any, ...]:
+        stamp: list[Any] = []
+        for path in (self.store.path, self.store.journal_path):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                stamp.append(None)
+            else:
+                stamp.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        return tuple(stamp)
 
     def plan(
         self,
@@ -144,7 +170,7 @@ class Workspace:
         at: datetime | None = None,
         refresh: bool = True,
     ) -> Plan:
-        state = self.store.load(decrypt=False)
+        state = self.load_state(decrypt=False)
         state_hash = self.store.content_hash()
         observations = self.refresh(state) if refresh else {}
         return make_plan(

@@ -24,11 +24,11 @@ from typing import Any
 
 import attrs
 
-from pkiform import graph as dag
 from pkiform.address import NAME_RE, Address
 from pkiform.config import values as checks
 from pkiform.errors import ConfigError
 from pkiform.model import Config, Host, ResourceSpec, Settings, TlsEdge
+from pkiform.plan import resource_graph
 from pkiform.provider import PHASES, Field, Registry
 
 CONFIG_FILE = "pkiform.toml"
@@ -650,28 +650,14 @@ class _Loader:
     # -- 6. global checks ----------------------------------------------------------------
 
     def validate(self, config: Config) -> None:
-        dependencies: dict[Address, list[Address]] = {}
         for address, spec in config.resources.items():
-            provider = self.registry[address.kind]
-            provider.validate(spec, config, self.registry)
-            deps = [ref.address for ref in provider.dependencies(spec)]
-            deps += list(spec.get("depends_on") or ())
-            dependencies[address] = sorted(set(deps))
+            self.registry[address.kind].validate(spec, config, self.registry)
         for kind in self.registry.kinds():
             validate_all = getattr(self.registry[kind], "validate_all", None)
             if validate_all is not None:
                 validate_all(config)
-        graph = dag.build(config.resources, dependencies)
-        cycle = dag.find_cycle(graph)
-        if cycle is not None:
-            cycle = cycle[::-1]  # graph edges point dependency → dependent; print "depends on"
-            first = config.resources[cycle[0]]
-            raise ConfigError(
-                "dependency cycle (→ means depends on): " + " → ".join(map(str, cycle)),
-                file=first.origin,
-                address=str(cycle[0]),
-                hint="remove one of these references; a resource cannot depend on itself",
-            )
+        # The planner reuses this analysis (memoized per config object): one graph per run.
+        resource_graph(config, self.registry)
 
 
 def _base_or_none(text: str) -> Address | None:

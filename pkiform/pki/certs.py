@@ -54,7 +54,7 @@ MAX_SERIAL_BITS = 159
 
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
-_PEM_BEGIN = re.compile(rb"-----BEGIN ")
+_PEM_BEGIN_MARK = b"-----BEGIN "
 
 
 def _tuple_of_str(value: Any) -> tuple[str, ...]:
@@ -195,13 +195,13 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Parse a PEM bundle into certificate objects (order kept)."""
     if not isinstance(data, (bytes, bytearray)):
         raise PkiError(f"certificate PEM must be bytes, got {type(data).__name__}")
-    blocks = _PEM_BLOCK.findall(data)
-    if len(blocks) != len(_PEM_BEGIN.findall(data)):
+    blocks = list(_PEM_BLOCK.finditer(data))
+    if len(blocks) != data.count(_PEM_BEGIN_MARK):
         raise PkiError("truncated or malformed PEM block in certificate data")
     if not blocks and data.strip():
         raise PkiError("no PEM certificate found in data")
     certs: list[x509.Certificate] = []
-    for match in _PEM_BLOCK.finditer(data):
+    for match in blocks:
         label = match.group(1).decode()
         if label != "CERTIFICATE":
             raise PkiError(f"expected CERTIFICATE PEM blocks, found {label!r}")
