@@ -297,6 +297,8 @@ class Planner:
                 for output, digest in prior.digests.items():
                     tokens[f"{address}:{output}"] = digest
 
+        ref_keys = {a: tuple((ref, str(ref)) for ref in refs)
+                    for a, refs in self.dependencies.items()}
         changes: list[Change] = []
         outside: dict[str, list[str]] = {p: [] for p in phases}
         for index, phase in enumerate(phases):
@@ -328,10 +330,11 @@ class Planner:
                                          step.outputs, step.name)
                             )
                             step_name = step.name
+                    seen = recorded[address]
                     changed = {
-                        ref: causes.get(str(ref), f"{ref.address} changed")
-                        for ref in refs
-                        if recorded[address].get(str(ref)) != tokens.get(str(ref))
+                        ref: causes.get(key, f"{ref.address} changed")
+                        for ref, key in ref_keys[address]
+                        if seen.get(key) != tokens.get(key)
                     }
                     if changed or first:
                         # A resource under a phased replace is not re-checked against its
@@ -364,7 +367,7 @@ class Planner:
                     key = f"{address}:{output}"
                     tokens[key] = _token(address, output, phase)
                     causes[key] = cause
-                recorded[address] = {str(r): tokens.get(str(r), "") for r in refs}
+                recorded[address] = {key: tokens.get(key, "") for _, key in ref_keys[address]}
                 changes.append(
                     Change(
                         address=address,

@@ -34,8 +34,10 @@ class Action(enum.Enum):
 
     @property
     def strength(self) -> int:
-        return list(Action).index(self)
+        return _STRENGTH[self]
 
+
+_STRENGTH = {action: index for index, action in enumerate(Action)}
 
 ALL_OUTPUTS: frozenset[str] = frozenset({"*"})
 
@@ -71,6 +73,13 @@ class Decision:
         return Decision(Action.NOOP)
 
     def merge(self, other: Decision) -> Decision:
+        # Most merges involve a no-op (nothing to say about this resource): keep the other.
+        if other.action is Action.NOOP and not other.reasons and not other.outputs \
+                and other.step is None:
+            return self
+        if self.action is Action.NOOP and not self.reasons and not self.outputs \
+                and self.step is None:
+            return other
         action = max(self.action, other.action, key=lambda a: a.strength)
         outputs = (
             ALL_OUTPUTS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -55,11 +56,18 @@ def normalize(value: Any) -> Any:
 
 def snapshot(spec: ResourceSpec, fields: Mapping[str, Field], skip: Sequence[str] = ()) -> dict:
     """The config inputs recorded in state and compared on the next plan."""
-    return {
-        name: normalize(spec.get(name))
-        for name in sorted(fields)
-        if name not in skip and spec.get(name) is not None
-    }
+    values = {}
+    for name in _sorted_names(tuple(fields)):
+        if name not in skip:
+            value = spec.get(name)
+            if value is not None:
+                values[name] = normalize(value)
+    return values
+
+
+@functools.lru_cache(maxsize=128)
+def _sorted_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(names))
 
 
 def describe_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:

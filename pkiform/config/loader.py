@@ -109,6 +109,7 @@ class _Loader:
         self.presets = presets
         self.main_file = str(directory / CONFIG_FILE)
         self.origins: dict[tuple[str, str], str] = {}
+        self._fields: dict[str, Mapping[str, Field]] = {}
 
     def file_of(self, section: str, name: str = "") -> str:
         """The file that declared a section (settings, preset) or a host."""
@@ -519,6 +520,12 @@ class _Loader:
             hint=f"write {base}[<host>] (instances on: {', '.join(sorted(map(str, instances)))})",
         )
 
+    def fields_of(self, kind: str) -> Mapping[str, Field]:
+        fields = self._fields.get(kind)
+        if fields is None:
+            fields = self._fields[kind] = {**COMMON_FIELDS, **self.registry[kind].fields}
+        return fields
+
     def build(self) -> Config:
         raw, origins = self.read()
         self.origins = origins
@@ -540,23 +547,33 @@ class _Loader:
         declared: dict[Address, set[str | None]] = {}
         instances: list[tuple[Address, Host | None, dict[str, Any], str]] = []
         for base, (table, file) in checked.items():
+            fields = self.fields_of(base.kind)
+            # Values without braces are the same on every host: only the others are
+            # interpolated per instance (5,000 kubelets share one table).
+            constant: dict[str, Any] = {}
+            templated: dict[str, Any] = {}
+            for key, value in table.items():
+                if fields[key].interpolate and _may_interpolate(value):
+                    templated[key] = value
+                else:
+                    constant[key] = tuple(value) if isinstance(value, list) else value
+            per_host = bool(table.get("for_each"))
             for host in self.instance_hosts(str(base), table, hosts, file):
-                address = base.on(host.name) if host and table.get("for_each") else base
-                fields = {**COMMON_FIELDS, **self.registry[base.kind].fields}
-                values = {
-                    key: self.interpolate(value, host, file=file, address=str(address))
-                    if fields[key].interpolate else value
-                    for key, value in table.items()
-                }
+                address = base.on(host.name) if host and per_host else base
+                values = dict(constant)
+                if templated:
+                    where = str(address)
+                    for key, value in templated.items():
+                        values[key] = self.interpolate(value, host, file=file, address=where)
                 instances.append((address, host, values, file))
                 declared.setdefault(base, set()).add(address.host)
 
         resources: dict[Address, ResourceSpec] = {}
         for address, host, values, file in instances:
-            provider = self.registry[address.kind]
-            fields = {**COMMON_FIELDS, **provider.fields}
-            for key, field in fields.items():
-                value = values.get(key)
+            fields = self.fields_of(address.kind)
+            for key in list(values):
+                field = fields[key]
+                value = values[key]
                 if field.type == "ref" and value is not None:
                     values[key] = self.resolve_ref(value, address, host, declared, field,
                                                    file=file)
@@ -658,6 +675,15 @@ class _Loader:
                 validate_all(config)
         # The planner reuses this analysis (memoized per config object): one graph per run.
         resource_graph(config, self.registry)
+
+
+def _may_interpolate(value: Any) -> bool:
+    """Whether `interpolate` could change ``value`` (a placeholder or a {{ }} escape)."""
+    if isinstance(value, str):
+        return "{" in value or "}" in value
+    if isinstance(value, list):
+        return any(_may_interpolate(v) for v in value)
+    return isinstance(value, dict)  # tables are rebuilt per instance, never shared
 
 
 def _base_or_none(text: str) -> Address | None:
