@@ -20,7 +20,7 @@ _ADDRESS_RE = re.compile(
 NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 
 
-@attrs.frozen(order=False)
+@attrs.frozen(order=False, cache_hash=True)
 class Address:
     kind: str
     name: str

@@ -41,6 +41,7 @@ from pkiform.provider import (
 )
 from pkiform.state.model import State
 
+_NOOP = Decision.noop()
 ROTATION_KEY = "rotation"  # in a resource's public outputs while a phased replace is under way
 SINGLE_PHASE = "apply"
 
@@ -128,15 +129,18 @@ def expand_replace(requests: Iterable[str], config: Config, state: State) -> set
     return result
 
 
+_VERBS = {
+    Action.CREATE: "created",
+    Action.UPDATE: "updated",
+    Action.REPLACE: "replaced",
+    Action.DELETE: "deleted",
+    Action.RESTART: "restarted",
+    Action.NOOP: "unchanged",
+}
+
+
 def _verb(action: Action) -> str:
-    return {
-        Action.CREATE: "created",
-        Action.UPDATE: "updated",
-        Action.REPLACE: "replaced",
-        Action.DELETE: "deleted",
-        Action.RESTART: "restarted",
-        Action.NOOP: "unchanged",
-    }[action]
+    return _VERBS[action]
 
 
 @attrs.frozen(eq=False)
@@ -307,7 +311,7 @@ class Planner:
                 spec = self.config.resources[address]
                 provider = self.provider(address)
                 refs = self.dependencies[address]
-                decision = Decision.noop()
+                decision = _NOOP
                 step_name: str | None = None
                 if address not in exists:
                     if first:

@@ -402,6 +402,10 @@ def _representatives(plan: Plan, config: Config, state: State, pairs: list[_Pair
     unique: set[str] = set()
     for pair in broken:  # a host with a broken edge is proven on its own
         unique.update(h for h in (pair.client_host, pair.server_host) if h)
+    for edge in config.tls_edges:  # so is a host an edge names by its instance
+        unique.update(ref.host for ref in (edge.client_cert, edge.client_trust, edge.server_cert,
+                                           edge.server_client_ca)
+                      if ref is not None and ref.host)
     shapes: dict[str, list[Any]] = defaultdict(list)
     for address, spec in config.resources.items():
         host = _host_of(address, spec)
@@ -447,6 +451,7 @@ def _reduce(plan: Plan, pairs: list[_Pair],
         if needs & dropped:  # a shared resource built from a dropped one: no symmetry
             return None
     chosen = []
+    existing = {(id(pair.edge), pair.client_host, pair.server_host) for pair in pairs}
     for pair in pairs:
         client, server = pair.client_host, pair.server_host
         want_client = classes[client][0] if client in classes else client
@@ -455,6 +460,8 @@ def _reduce(plan: Plan, pairs: list[_Pair],
                 and classes.get(client) is not None
                 and classes.get(client) == classes.get(server)):
             want_server = classes[server][1]
+        if (id(pair.edge), want_client, want_server) not in existing:
+            return None  # the pair has no image among the representatives: no symmetry
         if (client, server) == (want_client, want_server):
             chosen.append(pair)
     return attrs.evolve(plan, changes=tuple(kept)), chosen
