@@ -1,8 +1,11 @@
 """Private material encrypted at rest: AES-256-GCM under a per-lineage state key.
 
-Each value gets a fresh 96-bit nonce per write, and the resource address plus the secret's
+Each new or changed value gets a fresh 96-bit nonce, and the resource address plus the secret's
 name are bound as associated data, so a ciphertext copied onto another resource (or another
-field) fails authentication instead of silently deploying the wrong key.
+field) fails authentication instead of silently deploying the wrong key. A value that did not
+change keeps the ciphertext it already has (`SealCache`): saving does not re-encrypt 10,000
+unchanged keys, a state kept in git diffs only where a secret changed, and a nonce is still
+never used with a second plaintext (reusing a ciphertext repeats the very same message).
 
 Where the key comes from, first match wins:
 1. ``PKIFORM_STATE_KEY`` — base64 of 32 bytes;
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from pkiform.errors import SecretKeyError
 
 CIPHERTEXT_PREFIX = "aes256gcm:"
+_PREFIX_LENGTH = len(CIPHERTEXT_PREFIX)
 KEY_BYTES = 32
 ENV_KEY = "PKIFORM_STATE_KEY"
 ENV_PASSPHRASE = "PKIFORM_STATE_PASSPHRASE"
@@ -45,6 +49,11 @@ class StateKey:
 
     material: bytes
     source: str  # where it came from, for messages ("key file /root/.config/...")
+    # One cipher object per key, not one per secret (10,000 secrets at 5,000 nodes).
+    _aead: AESGCM = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_aead", AESGCM(self.material))
 
     def __repr__(self) -> str:
         return f"StateKey(source={self.source!r})"
@@ -56,8 +65,8 @@ class StateKey:
 
     def encrypt(self, plaintext: str, associated: str) -> str:
         nonce = os.urandom(12)
-        sealed = AESGCM(self.material).encrypt(nonce, plaintext.encode(), associated.encode())
-        return CIPHERTEXT_PREFIX + base64.b64encode(nonce + sealed).decode()
+        sealed = self._aead.encrypt(nonce, plaintext.encode(), associated.encode())
+        return CIPHERTEXT_PREFIX + binascii.b2a_base64(nonce + sealed, newline=False).decode()
 
     def decrypt(self, token: str, associated: str) -> str:
         if not token.startswith(CIPHERTEXT_PREFIX):
@@ -66,8 +75,8 @@ class StateKey:
                 hint="the state file was edited by hand; restore the backup",
             )
         try:
-            raw = base64.b64decode(token[len(CIPHERTEXT_PREFIX) :], validate=True)
-            plain = AESGCM(self.material).decrypt(raw[:12], raw[12:], associated.encode())
+            raw = binascii.a2b_base64(token[_PREFIX_LENGTH:], strict_mode=True)
+            plain = self._aead.decrypt(raw[:12], raw[12:], associated.encode())
         except (InvalidTag, ValueError, binascii.Error):
             raise SecretKeyError(
                 f"secret {associated} does not decrypt with the state key from {self.source}",
@@ -82,20 +91,58 @@ class StateKey:
         return hmac.new(sub, data, hashlib.sha256).hexdigest()
 
 
+class SealCache:
+    """The ciphertext each secret has on disk, to write again while the secret is unchanged.
+
+    Filled by every decryption (load, journal replay) and every encryption (save, journal) under
+    one key; ``seal`` returns the known ciphertext when the plaintext is exactly the one it
+    seals, and encrypts afresh (new nonce) otherwise. A ciphertext is only ever repeated with
+    its own plaintext, associated data and key, so no nonce meets a second plaintext. Another
+    key (``state rekey``) empties the cache.
+    """
+
+    def __init__(self) -> None:
+        self._material: bytes | None = None
+        # (address, name) → (plaintext, its ciphertext)
+        self._tokens: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def _bind(self, key: StateKey) -> None:
+        if key.material != self._material:
+            self._tokens = {}
+            self._material = key.material
+
+    def seal(self, key: StateKey, address: str, name: str, plaintext: str) -> str:
+        self._bind(key)
+        known = self._tokens.get((address, name))
+        if known is not None and known[0] == plaintext:
+            return known[1]
+        token = key.encrypt(plaintext, f"{address}#{name}")
+        self._tokens[(address, name)] = (plaintext, token)
+        return token
+
+    def open(self, key: StateKey, address: str, name: str, token: str) -> str:
+        self._bind(key)
+        plaintext = key.decrypt(token, f"{address}#{name}")
+        self._tokens[(address, name)] = (plaintext, token)
+        return plaintext
+
+
 def encrypt_section(
-    key: StateKey, secrets: Mapping[str, Mapping[str, str]]
+    key: StateKey, secrets: Mapping[str, Mapping[str, str]], cache: SealCache | None = None
 ) -> dict[str, dict[str, str]]:
+    seal = (cache or SealCache()).seal
     return {
-        address: {name: key.encrypt(value, f"{address}#{name}") for name, value in values.items()}
+        address: {name: seal(key, address, name, value) for name, value in values.items()}
         for address, values in secrets.items()
     }
 
 
 def decrypt_section(
-    key: StateKey, section: Mapping[str, Mapping[str, str]]
+    key: StateKey, section: Mapping[str, Mapping[str, str]], cache: SealCache | None = None
 ) -> dict[str, dict[str, str]]:
+    unseal = (cache or SealCache()).open
     return {
-        address: {name: key.decrypt(token, f"{address}#{name}") for name, token in values.items()}
+        address: {name: unseal(key, address, name, token) for name, token in values.items()}
         for address, values in section.items()
     }
 

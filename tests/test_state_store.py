@@ -42,13 +42,18 @@ def test_round_trip_with_secrets_encrypted_at_rest(store: StateStore) -> None:
     assert StateStore(store.directory, store.key_file).load(decrypt=False).secrets == {}
 
 
-def test_each_save_uses_fresh_nonces_and_keeps_a_backup(store: StateStore) -> None:
+def test_changed_secrets_get_fresh_nonces_and_each_save_keeps_a_backup(
+        store: StateStore) -> None:
     state = sample_state()
     store.save(state)
-    first = store.path.read_bytes()
-    store.save(state)
-    assert store.path.read_bytes() != first  # fresh nonce per write
-    assert store.backup_path.read_bytes() == first
+    first = json.loads(store.path.read_bytes())["secrets"]["cert.x[h-1]"]["key"]
+    changed = state.with_resource("cert.x[h-1]", state.resources["cert.x[h-1]"],
+                                  {"key": "-----BEGIN PRIVATE KEY-----\nyy"})
+    store.save(changed)
+    second = json.loads(store.path.read_bytes())["secrets"]["cert.x[h-1]"]["key"]
+    assert second != first and second[:26] != first[:26]  # prefix + base64 of the nonce
+    assert json.loads(store.backup_path.read_bytes())["secrets"]["cert.x[h-1]"]["key"] == first
+    assert StateStore(store.directory, store.key_file).load() == changed
 
 
 def test_ciphertext_swapped_between_resources_is_refused(store: StateStore) -> None:
