@@ -89,20 +89,69 @@ class Workspace:
 
     def refresh(self, state: State, hosts: Iterable[str] | None = None
                 ) -> dict[Address, Observation]:
-        """Read every managed file's hash, one round trip per host (drift detection)."""
-        wanted: dict[str, list[tuple[Address, str]]] = defaultdict(list)
+        """Read every managed file's hash, mode and owner (drift detection), and ask services
+        that name a TLS endpoint which certificate they serve.
+
+        One round trip per host for the files; the hosts are read in parallel (up to
+        ``parallelism`` at a time: SSH is I/O bound, and each host's connection is opened by
+        its own thread and kept for the apply). The local target is read in this thread.
+        """
+        import concurrent.futures as cf
+        import contextlib
+        from collections.abc import Mapping
+
+        from pkiform.transport.base import FileStat
+
+        selected = None if hosts is None else set(hosts)
+        files_of: dict[str, list[tuple[Address, str]]] = defaultdict(list)
         for address_text, record in state.resources.items():
             if record.kind == "file" and record.outputs.get("host"):
-                wanted[record.outputs["host"]].append(
+                files_of[record.outputs["host"]].append(
                     (Address.parse(address_text), record.outputs["path"]))
-        observations: dict[Address, Observation] = {}
-        for host_name, files in sorted(wanted.items()):
-            host = self.config.hosts.get(host_name)
-            if host is None or (hosts is not None and host_name not in hosts):
+        endpoints: list[tuple[Address, str, str, Any]] = []  # (service, host, endpoint, cert)
+        for address_text, record in state.resources.items():
+            if record.kind != "service" or not record.outputs.get("serving_fingerprint"):
                 continue
-            stats = self.transport_factory(host).read_files([path for _, path in files])
-            owners = host.transport != "local"  # the local target does not chown
-            for address, path in files:
+            address = Address.parse(address_text)
+            spec = self.config.resources.get(address)
+            host_name = record.outputs.get("host", "")
+            if spec is None or host_name not in self.config.hosts or not spec.get("tls_endpoint"):
+                continue
+            endpoints.append((address, host_name, spec["tls_endpoint"], spec["serving_cert"]))
+        names = sorted(name for name in {*files_of, *(e[1] for e in endpoints)}
+                       if name in self.config.hosts and (selected is None or name in selected))
+
+        def read(name: str) -> tuple[Mapping[str, FileStat | None], dict[str, bytes | None]]:
+            transport = self.transport_factory(self.config.hosts[name])
+            files = files_of.get(name)
+            stats = transport.read_files([path for _, path in files]) if files else {}
+            served = {endpoint: transport.serving_certificate(endpoint)
+                      for _, host_name, endpoint, _ in endpoints if host_name == name}
+            return stats, served
+
+        results: dict[str, tuple[Mapping[str, FileStat | None], dict[str, bytes | None]]] = {}
+        errors: dict[str, BaseException] = {}
+        remote = [n for n in names if self.config.hosts[n].transport != "local"]
+        workers = min(len(remote), max(1, self.config.settings.parallelism))
+        with contextlib.ExitStack() as stack:
+            futures: dict[str, cf.Future[Any]] = {}
+            if workers > 1:
+                pool = stack.enter_context(
+                    cf.ThreadPoolExecutor(workers, thread_name_prefix="pkiform-refresh"))
+                futures = {name: pool.submit(read, name) for name in remote}
+            for name in names:
+                try:
+                    results[name] = futures[name].result() if name in futures else read(name)
+                except Exception as exc:
+                    errors[name] = exc
+        if errors:  # all hosts were tried; report the first in host order
+            raise errors[min(errors)]
+
+        observations: dict[Address, Observation] = {}
+        for name in names:
+            stats = results[name][0]
+            owners = self.config.hosts[name].transport != "local"  # local does not chown
+            for address, path in files_of.get(name, ()):
                 stat = stats.get(path)
                 if stat is None or stat.is_symlink:
                     observations[address] = Observation(
@@ -112,18 +161,11 @@ class Workspace:
                     content_sha256=stat.sha256, mode=stat.mode,
                     owner=stat.owner if owners else None, group=stat.group if owners else None)
         # Services that name their TLS endpoint: what is the process actually serving?
-        for address_text, record in state.resources.items():
-            if record.kind != "service" or not record.outputs.get("serving_fingerprint"):
+        for address, host_name, endpoint, serving_cert in endpoints:
+            if host_name not in results:
                 continue
-            address = Address.parse(address_text)
-            spec = self.config.resources.get(address)
-            host = self.config.hosts.get(record.outputs.get("host", ""))
-            if spec is None or host is None or not spec.get("tls_endpoint"):
-                continue
-            if hosts is not None and host.name not in hosts:
-                continue
-            pem = self.transport_factory(host).serving_certificate(spec["tls_endpoint"])
-            cert = state.get(str(spec["serving_cert"]))
+            pem = results[host_name][1].get(endpoint)
+            cert = state.get(str(serving_cert))
             if pem is not None and cert is not None:
                 from pkiform.pki.certs import describe_certificate
 

@@ -74,6 +74,12 @@ LOCK_DIR = Path("/run/lock/pkiform-lab")
 # Per-host cgroups are created as <our cgroup>/<CGROUP_PREFIX><run id>-<host name> in
 # every hierarchy.
 CGROUP_PREFIX = "pkiform-lab-"
+# Every lab host's systemd, journald, logind and a root login's ``systemd --user`` take
+# inotify instances (~7 per host) from one machine-wide per-user budget: all hosts run as
+# the machine's root.  Debian's default of 128 runs out with two 12-host labs up at once,
+# and a host then boots degraded (user@0.service: "Too many open files").
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+LAB_INOTIFY_INSTANCES = 4096
 
 # Units masked in every lab host no matter what the caller asks for: they would reach
 # out of the host (network, the real disks, the real kernel's settings, the real
@@ -425,6 +431,16 @@ def _reap_stale_runs() -> None:
 # --------------------------------------------------------------------------------------
 # processes
 # --------------------------------------------------------------------------------------
+
+
+def _raise_inotify_limit(wanted: int = LAB_INOTIFY_INSTANCES) -> None:
+    """Raise (never lower) the per-user inotify instance limit, so concurrent lab runs on
+    this machine do not make each other's hosts boot degraded."""
+    try:
+        if int(INOTIFY_INSTANCES.read_text()) < wanted:
+            INOTIFY_INSTANCES.write_text(f"{wanted}\n")
+    except (OSError, ValueError):
+        pass  # not writable here: the lab may still boot; a degraded boot says why
 
 
 def _start_time(pid: int) -> int | None:
@@ -975,6 +991,7 @@ class Lab:
         assert run_lock is not None  # run ids are random
         self._locks.append(run_lock)
         _reap_stale_runs()
+        _raise_inotify_limit()
         addresses = self._allocate_addresses()
         (self.dir / "ssh").mkdir(parents=True, mode=0o700)
         _keygen(self.key_path, f"pkiform-lab-{self.run_id}")

@@ -14,6 +14,7 @@ import io
 import json
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -747,6 +748,10 @@ def test_restart_outcomes_seen_by_the_transport(lab: Lab, tmp_path: Path) -> Non
         # Type=simple units are "active" as soon as they are forked: the transport must not
         # take that for success when the process exits a moment later.
         "pkiform-flaky": "[Service]\nExecStart=/bin/sh -c 'sleep 0.3; exit 3'\n",
+        # ... nor a unit that crashes and is restarted by systemd before the next look:
+        # active again, but another invocation.
+        "pkiform-looping": "[Service]\nExecStart=/bin/sh -c 'sleep 0.1; exit 3'\n"
+                           "Restart=always\nRestartSec=10ms\n",
         "pkiform-gone": "[Service]\nExecStart=/bin/false\n",
         "pkiform-fine": "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/true\n",
     }
@@ -756,6 +761,7 @@ def test_restart_outcomes_seen_by_the_transport(lab: Lab, tmp_path: Path) -> Non
     transport = SshTransport(Workspace(directory).config.hosts["lab-3"], base_dir=directory)
     try:
         for unit, status in (("pkiform-flaky", "status=3/NOTIMPLEMENTED"),
+                             ("pkiform-looping", "status=3/NOTIMPLEMENTED"),
                              ("pkiform-gone", "status=1/FAILURE")):
             with pytest.raises(ServiceError) as excinfo:
                 transport.restart_service(f"{unit}.service", reload=False, health=None,
@@ -763,6 +769,10 @@ def test_restart_outcomes_seen_by_the_transport(lab: Lab, tmp_path: Path) -> Non
             message = str(excinfo.value)
             assert message.startswith(f"lab-3: {unit}.service ")
             assert status in message and "last journal lines:" in message, message
+        host.run("systemctl stop pkiform-looping.service")
+        # every command is a few small packets: Nagle's algorithm would cost ~40 ms each
+        sock = transport._connect().client.get_transport().sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         started = time.monotonic()
         with pytest.raises(ServiceError, match="is not loaded on the host"):
             transport.restart_service("pkiform-missing.service", reload=False, health=None,
