@@ -442,8 +442,9 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
         redeploy = pkiform_argv(directory, "apply", "--auto-approve",
                                 *(arg for s in services for arg in ("--replace", f"service.{s}")))
         expected_restarts = sum(len(us) for us in units.values())
-        pk_s, seq_s, par_s = [], [], []
+        pk_s, seq_s, par_s, load = [], [], [], []
         for rep in range(1, repeat + 1):
+            load.append(round(os.getloadavg()[0], 2))  # a shared machine: say how busy
             drop_files()
             elapsed, _, text = measure(redeploy, env=env)
             restarts = sum(1 for line in text.splitlines()
@@ -460,7 +461,7 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
             par, _, _ = measure(parallel, env=env)
             par_s.append(par)
             log(f"deploy {rep}/{repeat}: pkiform {elapsed:.2f}s ({done}); sequential scp "
-                f"{seq:.2f}s; parallel scp {par:.2f}s")
+                f"{seq:.2f}s; parallel scp {par:.2f}s (load average {load[-1]:.2f})")
         # Still consistent: pkiform's last redeploy was overwritten by identical files.
         measure(pkiform_argv(directory, "plan", "--detailed-exitcode"), env=env, ok=(0,))
     finally:
@@ -470,7 +471,8 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
             "pkiform_s": pk, "sequential_s": seq,
             "parallel_scp_s": par, "speedup_vs_sequential": seq / pk,
             "over_parallel_scp": pk / par,
-            "samples": {"pkiform_s": pk_s, "sequential_s": seq_s, "parallel_scp_s": par_s}}
+            "samples": {"pkiform_s": pk_s, "sequential_s": seq_s, "parallel_scp_s": par_s,
+                        "loadavg_1m": load}}
 
 
 # -- machine facts, goals, table ---------------------------------------------------------------
