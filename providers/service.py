@@ -44,6 +44,8 @@ class ServiceProvider:
         "health_command": Field("str", doc="command on the host that exits 0 when healthy"),
         "health_url": Field("str", doc="https URL that answers when healthy"),
         "health_timeout": Field("int", default=60, doc="seconds to wait for health"),
+        "settle_seconds": Field("int", doc="seconds a restarted unit must stay up before the "
+                                "next step (default 0.5; raise it for units that die late)"),
         "tls_endpoint": Field("str", doc="host:port it serves TLS on (loaded-cert check)"),
         "serving_cert": Field("ref", ref_kinds=("cert",), doc="cert it should be serving"),
     }
@@ -63,6 +65,11 @@ class ServiceProvider:
         if max_unavailable is not None and max_unavailable < 1:
             raise ConfigError("max_unavailable must be at least 1", hint="use 1 for quorum "
                               "groups such as etcd", **where)
+        settle = spec.get("settle_seconds")
+        if settle is not None and not 0 <= settle <= 600:
+            raise ConfigError("settle_seconds must be between 0 and 600",
+                              hint="e.g. 2 for a unit that can die a second after starting",
+                              **where)
         if not 1 <= spec["health_timeout"] <= 3600:
             raise ConfigError("health_timeout must be between 1 and 3600 seconds",
                               hint="e.g. 60", **where)
@@ -119,8 +126,10 @@ class ServiceProvider:
             health = HealthCheck(spec.get("health_command"), spec.get("health_url"),
                                  float(spec["health_timeout"]))
         transport = ctx.host_transport(spec.host)
+        settle = spec.get("settle_seconds")
         outcome = transport.restart_service(spec["unit"], reload=spec["reload"], health=health,
-                                            timeout=float(spec["health_timeout"]))
+                                            timeout=float(spec["health_timeout"]),
+                                            settle=None if settle is None else float(settle))
         outputs: dict[str, Any] = {
             "host": spec.host.name,
             "unit": spec["unit"],

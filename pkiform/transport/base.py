@@ -55,7 +55,8 @@ class Transport(Protocol):
         ...
 
     def restart_service(
-        self, unit: str, *, reload: bool, health: HealthCheck | None, timeout: float
+        self, unit: str, *, reload: bool, health: HealthCheck | None, timeout: float,
+        settle: float | None = None,
     ) -> RestartOutcome: ...
 
     def serving_certificate(self, endpoint: str) -> bytes | None:

@@ -161,7 +161,8 @@ class LocalTransport:
         return True
 
     def restart_service(
-        self, unit: str, *, reload: bool, health: HealthCheck | None, timeout: float
+        self, unit: str, *, reload: bool, health: HealthCheck | None, timeout: float,
+        settle: float | None = None,
     ) -> RestartOutcome:
         return RestartOutcome(False, "skipped, local target")
 

@@ -19,7 +19,7 @@ The only module of pkiform that imports fabric (and paramiko).
   generation, hard link, same mode) for manual rollback. A symlink, directory or other
   non-regular file at the target path is refused.
 * Restarts: ``systemctl restart|reload`` (a unit that is not loaded, or a failed job, fails at
-  once), wait until it is active, make sure it stays up for ``settle_seconds`` (a
+  once), wait until it is active, make sure it stays up for the settle window (a
   ``Type=simple`` unit is "active" the moment it is forked, even if it exits right away):
   looked at every ``SETTLE_POLL`` seconds and at the end of the window, it must be active and
   the same invocation (InvocationID, NRestarts) each time; then the health check. On failure
@@ -498,7 +498,7 @@ class SshTransport:
         return out.strip() == "removed"
 
     def restart_service(self, unit: str, *, reload: bool, health: HealthCheck | None,
-                        timeout: float) -> RestartOutcome:
+                        timeout: float, settle: float | None = None) -> RestartOutcome:
         started = time.monotonic()
         verb = "reload" if reload else "restart"
         status, out, err = self._exec(_RESTART_SCRIPT, [unit, verb, str(int(timeout))],
@@ -509,7 +509,8 @@ class SshTransport:
         words = out.split()
         if words and words[0] == "active":
             invocation, restarts = [*words[1:], "-", "-"][:2]
-            self._settle(unit, verb, invocation, restarts)
+            self._settle(unit, verb, invocation, restarts,
+                         self.settle_seconds if settle is None else settle)
         active_after = time.monotonic() - started
         detail = f"{verb}ed, active after {active_after:.1f}s"
         if health is not None:
@@ -526,8 +527,9 @@ class SshTransport:
             detail += f", healthy after {time.monotonic() - started:.1f}s"
         return RestartOutcome(True, detail)
 
-    def _settle(self, unit: str, verb: str, invocation: str, restarts: str) -> None:
-        """Make sure the unit stays up for ``settle_seconds`` after it became active: a
+    def _settle(self, unit: str, verb: str, invocation: str, restarts: str,
+                window: float) -> None:
+        """Make sure the unit stays up for ``window`` seconds after it became active: a
         ``Type=simple`` unit is "active" the moment it is forked, even if its process exits
         right away. It is looked at every SETTLE_POLL seconds and once more at the end of
         the window (counted from here: the host saw it active before); it must be active
@@ -535,7 +537,7 @@ class SshTransport:
         between gives a new InvocationID and NRestarts). No session is held while waiting,
         so the host's other steps go on meanwhile."""
         since = time.monotonic()
-        deadline = since + self.settle_seconds
+        deadline = since + window
         while True:
             time.sleep(max(0.0, min(SETTLE_POLL, deadline - time.monotonic())))
             last = time.monotonic() >= deadline

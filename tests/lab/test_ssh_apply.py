@@ -753,6 +753,8 @@ def test_restart_outcomes_seen_by_the_transport(lab: Lab, tmp_path: Path) -> Non
         "pkiform-looping": "[Service]\nExecStart=/bin/sh -c 'sleep 0.1; exit 3'\n"
                            "Restart=always\nRestartSec=10ms\n",
         "pkiform-gone": "[Service]\nExecStart=/bin/false\n",
+        # dies after the default settle window: only a wider one (settle_seconds) sees it
+        "pkiform-late": "[Service]\nExecStart=/bin/sh -c 'sleep 3; exit 3'\n",
         "pkiform-fine": "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/true\n",
     }
     for name, text in units.items():
@@ -770,6 +772,13 @@ def test_restart_outcomes_seen_by_the_transport(lab: Lab, tmp_path: Path) -> Non
             assert message.startswith(f"lab-3: {unit}.service ")
             assert status in message and "last journal lines:" in message, message
         host.run("systemctl stop pkiform-looping.service")
+        outcome = transport.restart_service("pkiform-late.service", reload=False, health=None,
+                                            timeout=10)
+        assert outcome.performed  # the default window is shorter than its 3 s of life
+        with pytest.raises(ServiceError, match="went down again") as excinfo:
+            transport.restart_service("pkiform-late.service", reload=False, health=None,
+                                      timeout=10, settle=6)
+        assert "status=3/NOTIMPLEMENTED" in str(excinfo.value)
         # every command is a few small packets: Nagle's algorithm would cost ~40 ms each
         sock = transport._connect().client.get_transport().sock
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
