@@ -3,13 +3,14 @@
 #   openssh-server  - sshd inside every lab host
 #   etcd-server     - real etcd peers for end-to-end TLS checks
 #   etcd-client     - etcdctl
+#   sudo            - the non-root-with-sudo login path of the SSH transport
 # Idempotent: packages already installed are left alone, apt is not touched at all when
 # everything is present, and `apt-get update` runs only when apt knows no candidate for
 # a missing package.  Installing starts no service on this machine (nothing runs systemd
 # as PID 1 here); the lab hosts mask etcd and friends themselves.
 set -euo pipefail
 
-PACKAGES=(openssh-server etcd-server etcd-client)
+PACKAGES=(openssh-server etcd-server etcd-client sudo)
 export DEBIAN_FRONTEND=noninteractive
 # wait for another apt/dpkg run instead of failing on its lock
 APT_OPTS=(-o DPkg::Lock::Timeout=300)

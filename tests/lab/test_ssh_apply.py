@@ -679,7 +679,7 @@ SUDO_MISSING = shutil.which("sudo") is None
 
 
 @pytest.mark.skipif(SUDO_MISSING, reason="sudo is not installed on this machine (lab hosts "
-                    "run its /usr) and scripts/install-test-deps.sh does not install it")
+                    "run its /usr): run scripts/install-test-deps.sh, which installs it")
 def test_non_root_with_passwordless_sudo_works(lab: Lab, deployer: str, tmp_path: Path) -> None:
     host = lab.host("lab-1")
     path = "/etc/pkiform-probe/sudo.crt"
