@@ -3,8 +3,12 @@
 The order comes from the plan alone (its changes and their dependencies), never from the
 config. Phases run one after another; inside a phase, changes run as soon as everything they
 depend on is done, up to ``parallelism`` at a time (transports are I/O bound), except members
-of a rolling group, which run one at a time in host order. Keys are generated ahead in a
-process pool, since keygen is the only CPU-heavy work.
+of a rolling group, which run one at a time in host order.
+
+Private keys are the only CPU-heavy work. They are generated ahead in a process pool
+(`KeySource`), which a caller can start before the plan is even proven, so that keygen runs
+from the first instant and everything else overlaps it. A change that needs keys waits for
+them outside the thread pool and starts the moment they arrive; no thread ever blocks on one.
 
 A failed change skips its dependents; independent branches go on. If anything in a phase
 failed, later phases are not started: a rotation must never reissue leaves before every
@@ -17,17 +21,18 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import heapq
+import multiprocessing
 import os
+import queue
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
-from pkiform import graph as dag
 from pkiform.address import Address, Ref
 from pkiform.errors import PkiformError, StalePlanError
 from pkiform.model import Host
@@ -73,6 +78,18 @@ def check_plan_current(plan: Plan, store: StateStore) -> None:
         )
 
 
+def key_requests(plan: Plan, registry: Registry) -> dict[Address, list[str]]:
+    """The private keys applying ``plan`` generates: per address, in plan order (the providers
+    are asked exactly as the applier asks them)."""
+    requests: dict[Address, list[str]] = {}
+    for change in plan.changes:
+        if change.spec is not None and change.action is not Action.DELETE:
+            wanted = registry[change.kind].keys_needed(change.spec, change.action, change.step)
+            if wanted:
+                requests.setdefault(change.address, []).extend(wanted)
+    return requests
+
+
 def _die_with_parent(parent: int) -> None:
     """Keygen workers must not outlive a killed apply (they would hold its pipes open)."""
     try:
@@ -94,62 +111,109 @@ def _generate_key(algorithm: str) -> bytes:
     return generate_private_key_pem(algorithm)
 
 
-class KeySource:
-    """Private keys prefetched in a process pool, handed out per address in request order."""
+def _warm_up() -> None:
+    import pkiform.pki.keys  # noqa: F401  (the first key does not pay for the import)
 
-    def __init__(self, requests: Mapping[Address, list[str]], workers: int | None) -> None:
+
+def _fork_context() -> Any:
+    # fork, explicitly (3.14 makes forkserver the default): forkserver's server and workers
+    # outlived a SIGKILLed apply; spawn re-imports the CLI's __main__.
+    try:
+        return multiprocessing.get_context("fork")
+    except ValueError:  # no fork on this platform
+        return None
+
+
+class KeySource:
+    """Private keys generated ahead in a process pool, handed out per address in request order.
+
+    ``KeySource(requests)`` starts generating at once (what `Applier` does when it is given
+    no key source). To start earlier, the caller creates ``KeySource(workers=...)`` before it
+    even loads the config (the pool forks at once, while the process has no threads: workers
+    forked from a threaded process could inherit locks held by another thread, or pipes of a
+    subprocess another thread is starting), calls `request` as soon as the plan is known,
+    before proving it, and hands the source to the `Applier` (``keys=``), which adds whatever
+    is still missing and closes it. Keys are only ever in memory: requested keys a cancelled
+    apply does not use are discarded with the pool.
+    """
+
+    def __init__(self, requests: Mapping[Address, Sequence[str]] | None = None,
+                 workers: int | None = None) -> None:
+        self._workers = workers if workers is not None else (os.cpu_count() or 1)
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
         self._futures: dict[Address, deque[tuple[str, cf.Future[bytes]]]] = defaultdict(deque)
-        total = sum(len(v) for v in requests.values())
-        workers = workers if workers is not None else (os.cpu_count() or 1)
-        if total >= 4 and workers > 1:
-            # The default fork context, and the pool is filled here, before apply starts its
-            # threads: workers forked later from a threaded process could inherit pipes of a
-            # subprocess another thread is starting. (forkserver was tried: its server and
-            # workers outlive a SIGKILLed apply; spawn re-imports the CLI's __main__.)
-            self._pool = cf.ProcessPoolExecutor(max_workers=workers,
-                                                initializer=_die_with_parent,
-                                                initargs=(os.getpid(),))
-            # Submit in plan order, but chunked so a pool worker amortises IPC over a few keys.
+        self._requested: dict[Address, Counter[str]] = defaultdict(Counter)
+        self._closed = False
+        if requests is None:
+            self._start()
+        else:
+            self.request(requests)
+
+    def _start(self) -> None:
+        if self._pool is not None or self._closed or self._workers <= 1:
+            return
+        self._pool = cf.ProcessPoolExecutor(max_workers=self._workers,
+                                            mp_context=_fork_context(),
+                                            initializer=_die_with_parent,
+                                            initargs=(os.getpid(),))
+        # With fork, every worker starts at the first submit: this one, not a later one made
+        # while apply's threads run.
+        self._pool.submit(_warm_up)
+
+    def request(self, requests: Mapping[Address, Sequence[str]]) -> None:
+        """Queue these keys in the pool, in this order, beyond those already requested per
+        address (so the same plan's keys can be requested twice: early, then by apply)."""
+        wanted: list[tuple[Address, str]] = []
+        with self._lock:
             for address, algorithms in requests.items():
+                have = self._requested[address]
+                extra = Counter(algorithms) - have
                 for algorithm in algorithms:
-                    self._futures[address].append(
-                        (algorithm, self._pool.submit(_generate_key, algorithm))
-                    )
+                    if extra[algorithm] > 0:
+                        extra[algorithm] -= 1
+                        have[algorithm] += 1
+                        wanted.append((address, algorithm))
+        if len(wanted) >= 4:
+            self._start()
+        if self._pool is None or self._closed:
+            return  # a few keys (or one core): generated inline when taken
+        for address, algorithm in wanted:
+            future = self._pool.submit(_generate_key, algorithm)
+            with self._lock:
+                self._futures[address].append((algorithm, future))
+
+    def pending(self, address: Address) -> list[cf.Future[bytes]]:
+        """The keys of ``address`` still being generated (the applier starts the change when
+        they are done, rather than have a thread wait in `take`)."""
+        with self._lock:
+            queued = self._futures.get(address)
+            return [f for _, f in queued if not f.done()] if queued else []
 
     def take(self, address: Address, algorithm: str) -> bytes:
-        queue = self._futures.get(address)
-        if queue:
-            for index, (wanted, future) in enumerate(queue):
-                if wanted == algorithm:
-                    del queue[index]
-                    return future.result()
+        with self._lock:
+            queue_ = self._futures.get(address)
+            future = None
+            if queue_:
+                for index, (wanted, candidate) in enumerate(queue_):
+                    if wanted == algorithm:
+                        del queue_[index]
+                        future = candidate
+                        break
+        if future is not None:
+            try:
+                return future.result()
+            except (cf.BrokenExecutor, cf.CancelledError):
+                pass  # a worker died (OOM killer?): this apply goes on without the pool
         return _generate_key(algorithm)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _InlinePool:
-    """parallelism = 1 (the proof's simulation): run each step at submit, no threads."""
-
-    def __init__(self, **_: Any) -> None:
-        return None
-
-    def __enter__(self) -> _InlinePool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def submit(self, function: Callable[..., Any], *args: Any) -> cf.Future[Any]:
-        future: cf.Future[Any] = cf.Future()
-        try:
-            future.set_result(function(*args))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
+        with self._lock:
+            self._closed = True
+            self._futures.clear()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Context:
@@ -194,8 +258,12 @@ class Applier:
         keygen_workers: int | None = None,
         now: datetime | None = None,
         key_source: Callable[[Mapping[Address, list[str]]], Any] | None = None,
+        keys: KeySource | None = None,
         on_phase_end: Callable[[str, State], None] | None = None,
     ) -> None:
+        """``keys``: a `KeySource` started early (see there), used and closed by `run`;
+        ``key_source``: a factory of anything with ``take`` and ``close`` (the trust proof's
+        simulation); neither: `run` starts a `KeySource` of ``keygen_workers`` processes."""
         self.plan = plan
         self.store = store
         self.registry = registry
@@ -210,8 +278,14 @@ class Applier:
         self._base: State = State.empty()
         self._resources: dict[str, ResourceState] = {}
         self._secrets: dict[str, Mapping[str, str]] = {}
-        self.keys: KeySource
+        self.keys: Any
         self._key_source = key_source
+        self._given_keys = keys
+        # Journal group commit: entries appended, entries known durable, and the entry of
+        # each address (a host step waits for a sync only if a step it uses is not durable).
+        self._appended = 0
+        self._synced = 0
+        self._entry: dict[str, int] = {}
         self._on_phase_end = on_phase_end
 
     def emit(self, event: Event) -> None:
@@ -286,25 +360,6 @@ class Applier:
 
     # -- the walk --------------------------------------------------------------------------
 
-    def _phase_graph(self, changes: list[Change]) -> Any:
-        by_address = {c.address: c for c in changes}
-        deps: dict[Address, set[Address]] = {}
-        for change in changes:
-            wanted = {r.address for r in change.dependencies} | set(change.order_after)
-            deps[change.address] = {a for a in wanted if a in by_address}
-        # Rolling groups: member i waits for member i - max_unavailable (host order), so at
-        # most max_unavailable members of a group restart at once (1: etcd quorum).
-        groups: dict[str, list[Change]] = defaultdict(list)
-        for change in changes:
-            if change.rolling and change.action is Action.RESTART:
-                groups[change.rolling].append(change)
-        for members in groups.values():
-            members.sort(key=lambda c: c.address)
-            width = max(1, members[0].rolling_width)
-            for index in range(width, len(members)):
-                deps[members[index].address].add(members[index - width].address)
-        return dag.build(by_address, deps)
-
     def run(self) -> ApplyResult:
         started = time.monotonic()
         loaded = self.store.load(decrypt=True)
@@ -317,15 +372,14 @@ class Applier:
         self._resources = dict(loaded.resources)
         self._secrets = dict(loaded.secrets)
         base = loaded
-        requests: dict[Address, list[str]] = {}
-        for change in self.plan.changes:
-            if change.spec is not None and change.action is not Action.DELETE:
-                wanted = list(self.registry[change.kind].keys_needed(
-                    change.spec, change.action, change.step))
-                if wanted:
-                    requests.setdefault(change.address, []).extend(wanted)
-        self.keys = (self._key_source(requests) if self._key_source
-                     else KeySource(requests, self.keygen_workers))
+        requests = key_requests(self.plan, self.registry)
+        if self._given_keys is not None:
+            self.keys = self._given_keys
+            self.keys.request(requests)
+        elif self._key_source is not None:
+            self.keys = self._key_source(requests)
+        else:
+            self.keys = KeySource(requests, self.keygen_workers)
         done: list[Change] = []
         failed: list[tuple[Change, str]] = []
         skipped: list[tuple[Change, str]] = []
@@ -374,62 +428,165 @@ class Applier:
         failed: list[tuple[Change, str]],
         skipped: list[tuple[Change, str]],
     ) -> None:
-        graph = self._phase_graph(changes)
-        by_address = {c.address: c for c in changes}
-        waiting = {a: graph.in_degree(a) for a in graph}
-        ready = [a for a, n in waiting.items() if n == 0]
+        # Changes by rank (address order: ties among ready changes break by address), the
+        # graph as plain lists (no networkx: this also runs once per phase of every proof).
+        ordered = sorted(changes, key=lambda c: c.address.sort_key)
+        names = [str(c.address) for c in ordered]
+        rank = {c.address: i for i, c in enumerate(ordered)}
+        successors: list[list[int]] = [[] for _ in ordered]
+        waiting = [0] * len(ordered)
+        uses: list[list[str]] = [[] for _ in ordered]  # everything a step comes after
+        for i, change in enumerate(ordered):
+            wanted = {r.address for r in change.dependencies}
+            wanted.update(change.order_after)
+            uses[i] = [str(a) for a in wanted]
+            for dep in {rank[a] for a in wanted if a in rank}:
+                successors[dep].append(i)
+                waiting[i] += 1
+        # Rolling groups: member i waits for member i - max_unavailable (host order), so at
+        # most max_unavailable members of a group restart at once (1: etcd quorum).
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, change in enumerate(ordered):
+            if change.rolling and change.action is Action.RESTART:
+                groups[change.rolling].append(i)  # already in address order
+        for members in groups.values():
+            width = max(1, ordered[members[0]].rolling_width)
+            for index in range(width, len(members)):
+                successors[members[index - width]].append(members[index])
+                waiting[members[index]] += 1
+                uses[members[index]].append(names[members[index - width]])
+
+        ready = [i for i, n in enumerate(waiting) if n == 0]
         heapq.heapify(ready)
-        blocked: set[Address] = set()
-        running: dict[cf.Future[Any], tuple[Change, float]] = {}
-        pool_type: Any = _InlinePool if self.parallelism == 1 else cf.ThreadPoolExecutor
-        with pool_type(max_workers=self.parallelism, thread_name_prefix="pkiform-apply") as pool:
-            while ready or running:
-                while ready and len(running) < self.parallelism:
-                    address = heapq.heappop(ready)
-                    change = by_address[address]
-                    if address in blocked:
+        settled = [False] * len(ordered)  # done, failed or skipped
+        keys_missing = [0] * len(ordered)
+        # Worker threads and the keygen pool report here; only this thread touches the
+        # bookkeeping, the state and the journal.
+        notices: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
+        pending_keys = getattr(self.keys, "pending", None)
+        inline = self.parallelism == 1
+        pool: Any = None if inline else cf.ThreadPoolExecutor(
+            max_workers=self.parallelism, thread_name_prefix="pkiform-apply")
+        running = 0
+        parked = 0
+
+        def finish(i: int, began: float, outcome: Any, error: BaseException | None) -> None:
+            change = ordered[i]
+            settled[i] = True
+            duration = time.monotonic() - began
+            if error is not None:
+                reason = str(error) if isinstance(error, PkiformError) else (
+                    f"{type(error).__name__}: {error}")
+                failed.append((change, reason))
+                self.emit(Event("failed", reason, change, phase, duration))
+                why = f"depends on {change.address}, which failed"
+                below: set[int] = set()
+                frontier = list(successors[i])
+                while frontier:
+                    j = frontier.pop()
+                    if j not in below:
+                        below.add(j)
+                        frontier.extend(successors[j])
+                for j in sorted(below):
+                    if not settled[j]:
+                        settled[j] = True
+                        skipped.append((ordered[j], why))
+                        self.emit(Event("skipped", why, ordered[j], phase))
+                return
+            record, secrets, message = outcome
+            key = names[i]
+            with self._state_lock:
+                # Durable before any host step that uses it runs (group commit: the sync
+                # happens in `launch`, once for every step finished since the last one).
+                self.store.journal_append(base, key, record, secrets, sync=False)
+                self._appended += 1
+                self._entry[key] = self._appended
+                if record is None:
+                    self._resources.pop(key, None)
+                    self._secrets.pop(key, None)
+                else:
+                    self._resources[key] = record
+                    if secrets:
+                        self._secrets[key] = secrets
+                    else:
+                        self._secrets.pop(key, None)
+            done.append(change)
+            self.emit(Event("done", message, change, phase, duration))
+            for j in successors[i]:
+                waiting[j] -= 1
+                if waiting[j] == 0 and not settled[j]:
+                    heapq.heappush(ready, j)
+
+        def launch(i: int) -> None:
+            nonlocal running
+            change = ordered[i]
+            if change.action is Action.DELETE:
+                needed = self._appended  # removes from a host: everything done so far first
+            elif self.registry[change.kind].per_host:
+                # Changes a host: whatever it deploys or comes after must be durable first
+                # (and with it every step journaled before, its own dependencies included).
+                needed = max((self._entry.get(name, 0) for name in uses[i]), default=0)
+            else:
+                needed = 0
+            if needed > self._synced:
+                self.store.journal_sync()
+                self._synced = self._appended
+            self.emit(Event("start", "", change, phase))
+            began = time.monotonic()
+            if pool is None:
+                try:
+                    outcome = self._run(change)
+                except Exception as exc:
+                    finish(i, began, None, exc)
+                else:
+                    finish(i, began, outcome, None)
+                return
+            running += 1
+            pool.submit(self._run, change).add_done_callback(
+                lambda future: notices.put(("done", i, (began, future))))
+
+        try:
+            while True:
+                while ready and running < self.parallelism:
+                    i = heapq.heappop(ready)
+                    if settled[i]:
                         continue
-                    if change.action is Action.DELETE or self.registry[change.kind].per_host:
-                        self.store.journal_sync()
-                    self.emit(Event("start", "", change, phase))
-                    running[pool.submit(self._run, change)] = (change, time.monotonic())
-                if not running:
-                    continue
-                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for future in sorted(finished, key=lambda f: running[f][0].address):
-                    change, began = running.pop(future)
-                    duration = time.monotonic() - began
-                    try:
-                        record, secrets, message = future.result()
-                    except Exception as exc:
-                        reason = str(exc) if isinstance(exc, PkiformError) else (
-                            f"{type(exc).__name__}: {exc}")
-                        failed.append((change, reason))
-                        self.emit(Event("failed", reason, change, phase, duration))
-                        for dependent in sorted(dag.descendants(graph, [change.address])):
-                            if dependent not in blocked:
-                                blocked.add(dependent)
-                                why = f"depends on {change.address}, which failed"
-                                skipped.append((by_address[dependent], why))
-                                self.emit(Event("skipped", why, by_address[dependent], phase))
-                        continue
-                    with self._state_lock:
-                        # Durable before anything that changes a host runs (group commit).
-                        self.store.journal_append(base, str(change.address), record, secrets,
-                                                  sync=False)
-                        key = str(change.address)
-                        if record is None:
-                            self._resources.pop(key, None)
-                            self._secrets.pop(key, None)
-                        else:
-                            self._resources[key] = record
-                            if secrets:
-                                self._secrets[key] = secrets
-                            else:
-                                self._secrets.pop(key, None)
-                    done.append(change)
-                    self.emit(Event("done", message, change, phase, duration))
-                    for dependent in graph.successors(change.address):
-                        waiting[dependent] -= 1
-                        if waiting[dependent] == 0:
-                            heapq.heappush(ready, dependent)
+                    if pending_keys is not None and not keys_missing[i]:
+                        futures = pending_keys(ordered[i].address)
+                        if futures:
+                            # Wait for the keys outside the thread pool: the change starts
+                            # when they are all there, and a thread is never parked on one.
+                            keys_missing[i] = len(futures)
+                            parked += 1
+                            for future in futures:
+                                future.add_done_callback(
+                                    lambda _f, i=i: notices.put(("key", i, None)))
+                            continue
+                    launch(i)
+                if not running and not parked:
+                    break
+                notice = notices.get()
+                while True:
+                    kind, i, payload = notice
+                    if kind == "key":
+                        keys_missing[i] -= 1
+                        if keys_missing[i] == 0:
+                            parked -= 1
+                            heapq.heappush(ready, i)
+                    else:
+                        running -= 1
+                        began, future = payload
+                        error = future.exception()
+                        finish(i, began, None if error else future.result(), error)
+                    try:  # everything that is already there, before starting more
+                        notice = notices.get_nowait()
+                    except queue.Empty:
+                        break
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        for i, change in enumerate(ordered):
+            if not settled[i]:  # only a dependency cycle could leave one (plans have none)
+                why = "never became ready (dependency cycle)"
+                skipped.append((change, why))
+                self.emit(Event("skipped", why, change, phase))
