@@ -19,7 +19,7 @@ from typing import TextIO
 
 from pkiform import __version__
 from pkiform.address import Address
-from pkiform.apply import ApplyResult, Event
+from pkiform.apply import ApplyResult, Event, KeySource, key_requests
 from pkiform.errors import ConfigError, PkiformError
 from pkiform.plan import Plan
 from pkiform.provider import Action
@@ -202,10 +202,13 @@ class Cli:
                        f"(lineage {state.lineage}).\n")
         return EXIT_OK
 
-    def _make_plan(self, ws: Workspace) -> tuple[Plan, object]:
+    def _make_plan(self, ws: Workspace, keys: KeySource | None = None) -> tuple[Plan, object]:
         args = self.args
         plan = ws.plan(replace=args.replace, mode=args.rotation, at=args.at,
                        refresh=args.refresh)
+        if keys is not None:
+            # Keygen (most of an apply from empty) runs while the plan is proven and shown.
+            keys.request(key_requests(plan, ws.registry))
         proof = self._prove(ws, plan)
         return plan, proof
 
@@ -237,6 +240,15 @@ class Cli:
         return EXIT_OK
 
     def cmd_apply(self) -> int:
+        # The keygen pool forks now, while this process has no threads yet (refresh and the
+        # proof start some); it idles until the plan asks for keys, and is closed on any exit.
+        keys = KeySource()
+        try:
+            return self._apply(keys)
+        finally:
+            keys.close()
+
+    def _apply(self, keys: KeySource) -> int:
         args = self.args
         ws = self.workspace()
         if args.planfile:
@@ -250,10 +262,11 @@ class Cli:
             if key is None:
                 key = self._key_for_empty_state(ws)
             plan = load_plan(Path(args.planfile), key)
+            keys.request(key_requests(plan, ws.registry))
             proof = None
             self.out.write(render_plan(plan, color=self.style.color))
         else:
-            plan, proof = self._make_plan(ws)
+            plan, proof = self._make_plan(ws, keys)
             self.out.write(render_plan(plan, color=self.style.color, proof=proof))
             if plan.is_empty:
                 return EXIT_OK
@@ -273,7 +286,7 @@ class Cli:
         total = sum(1 for c in plan.changes if c.action is not Action.NOOP)
         hook = ProgressHook(self.out, self.style, total, live=self.style.color)
         result = ws.apply(plan, hooks=(hook,), parallelism=args.parallelism,
-                          lock_timeout=args.lock_timeout)
+                          lock_timeout=args.lock_timeout, keys=keys)
         self.notice(ws)
         return self._report(result, hook)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pkiform.address import Address
-from pkiform.apply import Applier, ApplyResult, Hook, check_plan_current
+from pkiform.apply import Applier, ApplyResult, Hook, KeySource, check_plan_current
 from pkiform.config import load_config
 from pkiform.errors import ConfigError, TransportError
 from pkiform.model import Config, Host
@@ -233,7 +233,10 @@ class Workspace:
         lock_timeout: float = 0.0,
         keygen_workers: int | None = None,
         on_phase_end: Any = None,
+        keys: KeySource | None = None,
     ) -> ApplyResult:
+        """``keys``: a `KeySource` the caller started early (it already generates the plan's
+        keys while the caller proves and shows the plan); closed here."""
         with self.store.lock("apply", timeout=lock_timeout):
             check_plan_current(plan, self.store)
             applier = Applier(
@@ -242,5 +245,6 @@ class Workspace:
                 parallelism=parallelism or self.config.settings.parallelism,
                 keygen_workers=keygen_workers,
                 on_phase_end=on_phase_end,
+                keys=keys,
             )
             return applier.run()
