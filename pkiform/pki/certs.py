@@ -7,6 +7,7 @@ and KeyUsage, SKI/AKI) and strict enough to pass cryptography's RFC 5280 / web-P
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import secrets
@@ -532,6 +533,15 @@ def describe_cert(cert: x509.Certificate) -> CertificateInfo:
 
 def describe_certificate(cert_pem: bytes) -> CertificateInfo:
     """Describe exactly one PEM certificate."""
+    if isinstance(cert_pem, (bytes, bytearray)):
+        return _describe_pem(bytes(cert_pem))
+    return describe_cert(load_certificate(cert_pem))  # raises the clear PkiError
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe_pem(cert_pem: bytes) -> CertificateInfo:
+    # Memoized on the exact bytes (the result is frozen): an apply describes each new cert
+    # and its CA's several times, 5,000 times over at fleet scale.
     return describe_cert(load_certificate(cert_pem))
 
 
