@@ -257,7 +257,11 @@ def test_a_client_cert_from_another_ca_is_refused_by_the_server(endpoint: Endpoi
                            "--embed-certs=true")
     res = kubectl(endpoint, wrong_client, "get", "--raw", "/healthz")
     assert res.returncode != 0
-    assert "remote error: tls: unknown certificate authority" in res.stderr, res.stderr
+    # TLS 1.3: the server judges the client cert after the client's side of the handshake is
+    # done, so kubectl may already be writing its request when the alert arrives and see the
+    # reset instead. The server's log below says why it refused, whichever the client saw.
+    assert ("remote error: tls: unknown certificate authority" in res.stderr
+            or "connection reset by peer" in res.stderr), res.stderr
     assert "x509" not in res.stderr  # kubectl itself trusted the server
     log = server_log(endpoint)
     assert log.count("handshake refused") > before  # (client-go may retry)
