@@ -45,7 +45,7 @@ class ServiceProvider:
         "health_url": Field("str", doc="https URL that answers when healthy"),
         "health_timeout": Field("int", default=60, doc="seconds to wait for health"),
         "settle_seconds": Field("int", doc="seconds a restarted unit must stay up before the "
-                                "next step (default 0.5; raise it for units that die late)"),
+                                "next step (default 1; raise it for units that die late)"),
         "tls_endpoint": Field("str", doc="host:port it serves TLS on (loaded-cert check)"),
         "serving_cert": Field("ref", ref_kinds=("cert",), doc="cert it should be serving"),
     }

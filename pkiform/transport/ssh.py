@@ -52,7 +52,7 @@ MAX_SESSIONS = 4
 # A restarted unit must stay active (the same invocation) this long, looked at every
 # SETTLE_POLL seconds meanwhile. The window is on the critical path of a rolling group (its
 # members restart one after another); a configured health check is the stronger gate.
-SETTLE_SECONDS = 0.5
+SETTLE_SECONDS = 1.0
 SETTLE_POLL = 0.25
 
 _WIRE_LOGGER = "pkiform.transport.ssh.wire"
