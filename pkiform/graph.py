@@ -11,8 +11,6 @@ import heapq
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pkiform.errors import ConfigError
-
 # networkx is imported where it is used: planning needs only `lexicographic_order`, and the
 # import costs 85 ms of every command's start-up.
 if TYPE_CHECKING:
@@ -51,17 +49,6 @@ def find_cycle(graph: nx.DiGraph) -> list[Any] | None:
         return None
     cycle = [edge[0] for edge in edges]
     return [*cycle, cycle[0]]
-
-
-def require_acyclic(graph: nx.DiGraph, describe: Callable[[Any], str] = str) -> None:
-    cycle = find_cycle(graph)
-    if cycle is not None:
-        path = " → ".join(describe(node) for node in cycle)
-        raise ConfigError(
-            f"dependency cycle: {path}",
-            address=describe(cycle[0]),
-            hint="remove one of these references; a resource cannot depend on itself",
-        )
 
 
 def lexicographic_order(
@@ -109,13 +96,3 @@ def topological_order(graph: nx.DiGraph, key: Callable[[Any], Any] | None = None
     import networkx as nx
 
     return list(nx.lexicographical_topological_sort(graph, key=key))
-
-
-def descendants(graph: nx.DiGraph, roots: Iterable[Any]) -> set[Any]:
-    """Every node reachable from ``roots`` (roots excluded unless reachable from another)."""
-    import networkx as nx
-
-    seen: set[Any] = set()
-    for root in roots:
-        seen |= nx.descendants(graph, root)
-    return seen

@@ -7,9 +7,11 @@ The engine modules (graph, plan, apply, state, provider) never import this modul
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from pkiform.plan import Plan, make_plan
 from pkiform.provider import Observation, Registry
 from pkiform.state.model import State
 from pkiform.state.store import StateStore
+from pkiform.transport.base import FileStat
 
 _registry: Registry | None = None
 
@@ -96,12 +99,6 @@ class Workspace:
         ``parallelism`` at a time: SSH is I/O bound, and each host's connection is opened by
         its own thread and kept for the apply). The local target is read in this thread.
         """
-        import concurrent.futures as cf
-        import contextlib
-        from collections.abc import Mapping
-
-        from pkiform.transport.base import FileStat
-
         selected = None if hosts is None else set(hosts)
         files_of: dict[str, list[tuple[Address, str]]] = defaultdict(list)
         for address_text, record in state.resources.items():
