@@ -3,7 +3,10 @@
 The order comes from the plan alone (its changes and their dependencies), never from the
 config. Phases run one after another; inside a phase, changes run as soon as everything they
 depend on is done, up to ``parallelism`` at a time (transports are I/O bound), except members
-of a rolling group, which run one at a time in host order.
+of a rolling group, which run one at a time in host order. Among ready changes, the one with
+the longest expected chain still behind it goes first (a restart counts its settle window), so
+a rolling group's first member and the files it uses are not queued behind files that nothing
+waits for; the edges alone decide what may run, the priority only what runs first.
 
 Private keys are the only CPU-heavy work. They are generated ahead in a process pool
 (`KeySource`), which a caller can start before the plan is even proven, so that keygen runs
@@ -419,6 +422,36 @@ class Applier:
         self.emit(Event("finished", "", None, None, result.duration))
         return result
 
+    def _expected_ms(self, change: Change) -> int:
+        """What a change is expected to take, in ms, for the scheduler's priorities only:
+        the provider's ``expected_seconds(spec, action)`` if it has one (a restart: its
+        settle window), else a round trip to a host or a little local work."""
+        provider = self.registry[change.kind]
+        expected = getattr(provider, "expected_seconds", None)
+        if expected is not None and change.spec is not None:
+            return max(1, int(1000 * expected(change.spec, change.action)))
+        return 50 if provider.per_host else 10
+
+    def _priorities(self, ordered: list[Change], successors: list[list[int]],
+                    waiting: list[int]) -> list[int]:
+        """Minus the expected length (ms) of the longest chain each change starts, itself
+        included: a heap key. One pass in reverse topological order, so linear (this runs
+        for every phase of every proof)."""
+        count = len(ordered)
+        left = list(waiting)
+        order = [i for i in range(count) if left[i] == 0]
+        for i in order:  # Kahn's order; the list grows while it is walked
+            for j in successors[i]:
+                left[j] -= 1
+                if left[j] == 0:
+                    order.append(j)
+        height = [self._expected_ms(change) for change in ordered]
+        own = list(height)
+        for i in reversed(order):  # a change left out by a cycle never runs: its own cost
+            longest = max((height[j] for j in successors[i]), default=0)
+            height[i] = own[i] + longest
+        return [-h for h in height]
+
     def _run_phase(
         self,
         phase: str,
@@ -428,7 +461,7 @@ class Applier:
         failed: list[tuple[Change, str]],
         skipped: list[tuple[Change, str]],
     ) -> None:
-        # Changes by rank (address order: ties among ready changes break by address), the
+        # Changes by rank (address order: ties in priority break by address), the
         # graph as plain lists (no networkx: this also runs once per phase of every proof).
         ordered = sorted(changes, key=lambda c: c.address.sort_key)
         names = [str(c.address) for c in ordered]
@@ -456,7 +489,11 @@ class Applier:
                 waiting[members[index]] += 1
                 uses[members[index]].append(names[members[index - width]])
 
-        ready = [i for i, n in enumerate(waiting) if n == 0]
+        # Longest chain first: among ready changes, start the one with the most expected
+        # work still behind it (a rolling group's first member, the files it uses); ties
+        # keep address order. Only the order of independent changes moves, never an edge.
+        priority = self._priorities(ordered, successors, waiting)
+        ready = [(priority[i], i) for i, n in enumerate(waiting) if n == 0]
         heapq.heapify(ready)
         settled = [False] * len(ordered)  # done, failed or skipped
         keys_missing = [0] * len(ordered)
@@ -515,7 +552,7 @@ class Applier:
             for j in successors[i]:
                 waiting[j] -= 1
                 if waiting[j] == 0 and not settled[j]:
-                    heapq.heappush(ready, j)
+                    heapq.heappush(ready, (priority[j], j))
 
         def launch(i: int) -> None:
             nonlocal running
@@ -548,7 +585,7 @@ class Applier:
         try:
             while True:
                 while ready and running < self.parallelism:
-                    i = heapq.heappop(ready)
+                    _, i = heapq.heappop(ready)
                     if settled[i]:
                         continue
                     if pending_keys is not None and not keys_missing[i]:
@@ -572,7 +609,7 @@ class Applier:
                         keys_missing[i] -= 1
                         if keys_missing[i] == 0:
                             parked -= 1
-                            heapq.heappush(ready, i)
+                            heapq.heappush(ready, (priority[i], i))
                     else:
                         running -= 1
                         began, future = payload

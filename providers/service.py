@@ -27,7 +27,7 @@ from pkiform.provider import (
     ResourceResult,
 )
 from pkiform.providers import _common as common
-from pkiform.transport.base import HealthCheck
+from pkiform.transport.base import SETTLE_SECONDS, HealthCheck
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|socket|target|timer)$")
 
@@ -117,6 +117,16 @@ class ServiceProvider:
 
     def keys_needed(self, spec: ResourceSpec, action: Action, step: str | None) -> Sequence[str]:
         return []
+
+    def expected_seconds(self, spec: ResourceSpec, action: Action) -> float:
+        """For the apply's scheduler: a restart takes its settle window and a few round
+        trips (a health check, if any, at least one more), so the chain of a rolling group
+        is the longest in a deploy and starts first."""
+        settle = spec.get("settle_seconds")
+        seconds = (SETTLE_SECONDS if settle is None else float(settle)) + 0.1
+        if spec.get("health_command") or spec.get("health_url"):
+            seconds += 0.5
+        return seconds
 
     def apply(self, request: ApplyRequest) -> ResourceResult:
         spec, ctx = request.spec, request.context

@@ -219,3 +219,31 @@ def test_a_host_step_starts_only_once_what_it_uses_is_durable(
                      parallelism=parallelism, keygen_workers=1, hooks=(hook,)).run()
     assert result.ok, result.failed
     assert len(checked) > 10
+
+
+def test_the_longest_chain_starts_first(tmp_path: Path) -> None:
+    """Ready changes start by the expected length of the chain behind them, not by address:
+    the rolling restarts (a settle window each) and the files they use go before files
+    nothing restarts for (admin.conf, CA keys), which address order would put first."""
+    ws = workspace(tmp_path)
+    plan = ws.plan()
+    started: list[Address] = []
+
+    def hook(event: Event) -> None:
+        if event.kind == "start" and event.change is not None:
+            started.append(event.change.address)
+
+    result = applier(ws, plan, parallelism=1, keygen_workers=1, hooks=(hook,)).run()
+    assert result.ok, result.failed
+    used = {r.address for c in plan.changes if c.kind == "service" for r in c.dependencies}
+    unused = [a for a in started if a.kind == "file" and a not in used]
+    rolling = [c.address for c in plan.changes if c.rolling]
+    assert unused and rolling
+    position = {a: i for i, a in enumerate(started)}
+    first_unused = min(position[a] for a in unused)
+    assert all(position[a] < first_unused for a in rolling), started
+    # Still a topological order: every file a restart uses was written before it.
+    for change in plan.changes:
+        if change.kind == "service":
+            assert all(position[r.address] < position[change.address]
+                       for r in change.dependencies)

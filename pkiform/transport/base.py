@@ -9,6 +9,11 @@ import attrs
 
 from pkiform.model import Host
 
+# How long a restarted unit must stay up (the same invocation) before the next step, unless
+# a service sets settle_seconds. Here, not in the SSH transport, because the apply's scheduler
+# also uses it (through the service provider) to know how long a restart takes.
+SETTLE_SECONDS = 1.0
+
 
 @attrs.frozen
 class FileStat:

@@ -42,7 +42,7 @@ from fabric import Connection
 
 from pkiform.errors import HostKeyError, ServiceError, TransportError
 from pkiform.model import Host
-from pkiform.transport.base import FileStat, HealthCheck, RestartOutcome
+from pkiform.transport.base import SETTLE_SECONDS, FileStat, HealthCheck, RestartOutcome
 
 BACKUP_SUFFIX = ".pkiform-backup"
 READ_CHUNK = 400  # paths per stat round trip; keeps the command line far below ARG_MAX
@@ -52,7 +52,6 @@ MAX_SESSIONS = 4
 # A restarted unit must stay active (the same invocation) this long, looked at every
 # SETTLE_POLL seconds meanwhile. The window is on the critical path of a rolling group (its
 # members restart one after another); a configured health check is the stronger gate.
-SETTLE_SECONDS = 1.0
 SETTLE_POLL = 0.25
 
 _WIRE_LOGGER = "pkiform.transport.ssh.wire"
