@@ -7,6 +7,7 @@ still gets a one-line message (and the traceback only with PKIFORM_DEBUG=1).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -175,6 +176,11 @@ class Cli:
         self.style = Style(color)
 
     def workspace(self) -> Workspace:
+        # Loading, planning and proving allocate about a million objects at 5,000 nodes and
+        # almost none of them in reference cycles: the cyclic collector's full passes over
+        # them cost a fifth of a no-op plan's CPU and freed 5 objects. Reference counting
+        # still frees everything else as usual; `_resume_gc` turns the collector back on.
+        gc.disable()
         return Workspace(self.args.chdir)
 
     def notice(self, ws: Workspace) -> None:
@@ -205,7 +211,7 @@ class Cli:
     def _make_plan(self, ws: Workspace, keys: KeySource | None = None) -> tuple[Plan, object]:
         args = self.args
         plan = ws.plan(replace=args.replace, mode=args.rotation, at=args.at,
-                       refresh=args.refresh)
+                       refresh=args.refresh, prove_ahead=True)
         if keys is not None:
             # Keygen (most of an apply from empty) runs while the plan is proven and shown.
             keys.request(key_requests(plan, ws.registry))
@@ -285,6 +291,7 @@ class Cli:
             return EXIT_OK
         total = sum(1 for c in plan.changes if c.action is not Action.NOOP)
         hook = ProgressHook(self.out, self.style, total, live=self.style.color)
+        _resume_gc()
         result = ws.apply(plan, hooks=(hook,), parallelism=args.parallelism,
                           lock_timeout=args.lock_timeout, keys=keys)
         self.notice(ws)
@@ -400,6 +407,13 @@ class Cli:
         return int(getattr(self, f"cmd_{command}")())
 
 
+def _resume_gc() -> None:
+    """Before a long-running phase: the collector runs again, and what was loaded so far
+    (config, state, plan) is moved out of its reach, since it stays alive to the end."""
+    gc.enable()
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
     out = out or sys.stdout
@@ -407,6 +421,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.monotonic()
+    collecting = gc.isenabled()
     try:
         return Cli(args, out, err).run()
     except PkiformError as exc:
@@ -422,6 +437,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
                   "for a traceback; please report it)\n")
         return EXIT_ERROR
     finally:
+        if collecting:  # as it was on entry (tests call main in one process many times)
+            gc.unfreeze()
+            gc.enable()
         if os.environ.get("PKIFORM_TIMING"):
             err.write(f"[{time.monotonic() - started:.3f}s]\n")
 

@@ -14,6 +14,7 @@ edges are reported as the expected outage.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections import defaultdict
@@ -28,6 +29,7 @@ from pkiform.address import Address
 from pkiform.apply import Applier
 from pkiform.errors import SecretKeyError, TrustProofError
 from pkiform.model import Config, Host, TlsEdge
+from pkiform.offload import Forked
 from pkiform.pki.keys import generate_private_key_pem
 from pkiform.pki.verify import verify_client_chain, verify_server_chain
 from pkiform.plan import Plan
@@ -279,11 +281,33 @@ class _Verdicts:
     distinct inputs on a thread pool (cryptography's verifier releases the GIL).
     """
 
-    def __init__(self, at: datetime) -> None:
+    def __init__(self, at: datetime, known: Mapping[bytes, str | None] | None = None) -> None:
         self.at = at
         self._server: dict[tuple[str, bytes, bytes], str | None] = {}
         self._client: dict[tuple[bytes, bytes], str | None] = {}
+        # Verdicts at the same time from another process (`export`), by digest of the inputs.
+        self._known = known or {}
         self.verified = 0
+
+    @staticmethod
+    def _digest(key: tuple[Any, ...]) -> bytes:
+        # Names and PEM never contain NUL: the parts cannot run into each other.
+        return hashlib.sha256(b"\0".join(
+            part.encode() if isinstance(part, str) else part for part in key)).digest()
+
+    def _known_verdict(self, target: dict[Any, str | None], key: tuple[Any, ...]) -> bool:
+        if not self._known:
+            return False
+        digest = self._digest(key)
+        if digest not in self._known:
+            return False
+        target[key] = self._known[digest]
+        return True
+
+    def export(self) -> dict[bytes, str | None]:
+        """Every verdict so far, by digest of its inputs (small enough to send across)."""
+        return {self._digest(key): verdict
+                for table in (self._server, self._client) for key, verdict in table.items()}
 
     @staticmethod
     def _keys(pair: _Pair, client: _Views, server: _Views
@@ -313,9 +337,11 @@ class _Verdicts:
         clients: dict[tuple[bytes, bytes], None] = {}
         for pair, client, server in items:
             server_key, client_key = self._keys(pair, client, server)
-            if server_key is not None and server_key not in self._server:
+            if server_key is not None and server_key not in self._server and \
+                    not self._known_verdict(self._server, server_key):
                 servers[server_key] = None
-            if client_key is not None and client_key not in self._client:
+            if client_key is not None and client_key not in self._client and \
+                    not self._known_verdict(self._client, client_key):
                 clients[client_key] = None
         jobs: list[tuple[Callable[[Any], str | None], Any]] = [
             (self._verify_server, k) for k in servers] + [(self._verify_client, k) for k in clients]
@@ -342,13 +368,15 @@ class _Verdicts:
         reasons = []
         server_key, client_key = self._keys(pair, client, server)
         if server_key is not None:
-            if server_key not in self._server:
+            if server_key not in self._server and \
+                    not self._known_verdict(self._server, server_key):
                 self._server[server_key] = self._verify_server(server_key)
                 self.verified += 1
             if self._server[server_key]:
                 reasons.append(f"server auth: {self._server[server_key]}")
         if client_key is not None:
-            if client_key not in self._client:
+            if client_key not in self._client and \
+                    not self._known_verdict(self._client, client_key):
                 self._client[client_key] = self._verify_client(client_key)
                 self.verified += 1
             if self._client[client_key]:
@@ -467,17 +495,64 @@ def _reduce(plan: Plan, pairs: list[_Pair],
     return attrs.evolve(plan, changes=tuple(kept)), chosen
 
 
+@attrs.frozen
+class Baseline:
+    """The proof's look at the state before any plan: which pairs already fail, and what the
+    proof of a plan with nothing to do reports.
+
+    It depends only on the config, the state's public outputs and the time, not on the plan,
+    so `start_baseline` computes it in a forked child while the plan is being made.
+    """
+
+    at: datetime
+    pairs: int  # len(expand_edges(config)): a baseline of another config is not used
+    broken: tuple[int, ...]  # indices into expand_edges(config)
+    current: ProofReport  # the report for an empty plan (its mode is the plan's)
+    # The verdicts behind it by digest of their inputs, so that the proof of a plan does not
+    # verify them again (empty when computed in the same process: the proof has them).
+    verdicts: Mapping[bytes, str | None] = attrs.field(factory=dict, repr=False)
+
+
+def baseline(config: Config, state: State, registry: Registry, at: datetime) -> Baseline:
+    """The `Baseline`, in a form to send to another process."""
+    verdicts = _Verdicts(at)
+    result = _baseline(expand_edges(config), state, registry, verdicts)
+    return attrs.evolve(result, verdicts=verdicts.export())
+
+
+def _baseline(pairs: list[_Pair], state: State, registry: Registry,
+              verdicts: _Verdicts) -> Baseline:
+    initial = _Views(state, registry)
+    verdicts.prefetch((pair, initial, initial) for pair in pairs)
+    broken = [i for i, pair in enumerate(pairs) if verdicts.check(pair, initial, initial)]
+    current = _check("", [("before", initial)], pairs, [pairs[i] for i in broken], verdicts,
+                     len(pairs))
+    return Baseline(verdicts.at, len(pairs), tuple(broken), current)
+
+
+def start_baseline(config: Config, state: State, registry: Registry,
+                   at: datetime) -> Forked[Baseline] | None:
+    """`baseline` in a forked child (None where that is not possible; `prove` then computes
+    it itself)."""
+    return Forked.start(lambda: baseline(config, state, registry, at))
+
+
 def prove(plan: Plan, config: Config, state: State, registry: Registry, *,
-          symmetry: bool = True) -> ProofReport:
+          symmetry: bool = True, known: Baseline | None = None) -> ProofReport:
+    """``known``: the `Baseline` of this config and state at ``plan.at``, if it was computed
+    ahead (by `start_baseline`); anything else is ignored and computed here."""
     pairs = expand_edges(config)
     if not pairs:
         return ProofReport(0, len(plan.phases), 0, (), plan.mode, skipped="no tls edges declared")
-    verdicts = _Verdicts(plan.at)
-    initial = _Views(state, registry)
-    verdicts.prefetch((pair, initial, initial) for pair in pairs)
-    baseline_broken = [pair for pair in pairs if verdicts.check(pair, initial, initial)]
+    if known is None or known.at != plan.at or known.pairs != len(pairs):
+        verdicts = _Verdicts(plan.at)
+        known = _baseline(pairs, state, registry, verdicts)
+    else:  # the baseline's verifications ran in the child: count them, do not repeat them
+        verdicts = _Verdicts(plan.at, known=known.verdicts)
+        verdicts.verified = known.current.verified
     if plan.is_empty:
-        return _check(plan, [("before", initial)], pairs, baseline_broken, verdicts, len(pairs))
+        return attrs.evolve(known.current, mode=plan.mode)
+    baseline_broken = [pairs[i] for i in known.broken]
     reduced = None
     if symmetry:
         classes = _representatives(plan, config, state, pairs, baseline_broken)
@@ -485,15 +560,15 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry, *,
     if reduced is not None:
         small_plan, chosen = reduced
         views = [(name, _Views(s, registry)) for name, s in simulate(small_plan, state, registry)]
-        report = _check(plan, views, chosen, baseline_broken, verdicts, len(pairs))
+        report = _check(plan.mode, views, chosen, baseline_broken, verdicts, len(pairs))
         if report.ok:
             return attrs.evolve(report, represented=len(pairs) - len(chosen))
         # Name every failing host, not just the representatives: prove again in full.
     views = [(name, _Views(s, registry)) for name, s in simulate(plan, state, registry)]
-    return _check(plan, views, pairs, baseline_broken, verdicts, len(pairs))
+    return _check(plan.mode, views, pairs, baseline_broken, verdicts, len(pairs))
 
 
-def _check(plan: Plan, views: list[tuple[str, _Views]], pairs: list[_Pair],
+def _check(mode: str, views: list[tuple[str, _Views]], pairs: list[_Pair],
            baseline_broken: list[_Pair], verdicts: _Verdicts, total: int) -> ProofReport:
     failures: list[EdgeFailure] = []
     preexisting: list[EdgeFailure] = []
@@ -522,7 +597,7 @@ def _check(plan: Plan, views: list[tuple[str, _Views]], pairs: list[_Pair],
                         pair.edge.name, pair.client_host or "-", pair.server_host or "-",
                         phase if len(views) > 1 else "current",
                         f"client {c_label} / server {s_label}", reason))
-    return ProofReport(total, max(1, len(views) - 1), checks, tuple(failures), plan.mode,
+    return ProofReport(total, max(1, len(views) - 1), checks, tuple(failures), mode,
                        preexisting=tuple(preexisting), verified=verdicts.verified)
 
 
@@ -532,11 +607,13 @@ def prove_plan(workspace: Any, plan: Plan) -> ProofReport:
         # Only a simulation signs anything; a no-op plan is proven on public outputs alone.
         state = workspace.load_state(decrypt=not plan.is_empty)
     except SecretKeyError as exc:
+        workspace.cancel_baseline()
         return ProofReport(0, len(plan.phases), 0, (), plan.mode,
                            skipped=f"state key unavailable: {exc.message}")
     if state.is_empty:
         state = attrs.evolve(state, lineage=plan.lineage)
-    report = prove(plan, workspace.config, state, workspace.registry)
+    report = prove(plan, workspace.config, state, workspace.registry,
+                   known=workspace.take_baseline(plan.at))
     if not report.ok and plan.mode != "immediate" and _rotates(plan):
         first = report.failures[0]
         raise TrustProofError(

@@ -64,6 +64,7 @@ class Workspace:
         self.target_root = self.directory / settings.target_root
         self._transports: dict[str, Any] = {}
         self._states: dict[bool, tuple[tuple[Any, ...], State]] = {}
+        self._baseline: tuple[tuple[Any, ...], datetime, Any] | None = None
 
     # -- transports -------------------------------------------------------------------
 
@@ -75,6 +76,7 @@ class Workspace:
         return cached
 
     def close(self) -> None:
+        self.cancel_baseline()
         for transport in self._transports.values():
             transport.close()
         self._transports.clear()
@@ -208,18 +210,53 @@ class Workspace:
         mode: str | None = None,
         at: datetime | None = None,
         refresh: bool = True,
+        prove_ahead: bool = False,
     ) -> Plan:
+        """``prove_ahead``: the caller will prove the plan (`trust.prove_plan`); its baseline
+        is computed meanwhile, in a child process where possible."""
+        now = at or datetime.now(UTC)
         state = self.load_state(decrypt=False)
+        if prove_ahead:
+            self._start_baseline(state, now)
         state_hash = self.store.content_hash()
         observations = self.refresh(state) if refresh else {}
         return make_plan(
             self.config, state, self.registry,
             replace=replace,
             mode=mode or self.config.settings.rotation,
-            now=at or datetime.now(UTC),
+            now=now,
             observations=observations,
             state_hash=state_hash,
         )
+
+    # Below this many resources a child process costs more than the baseline it computes.
+    BASELINE_AHEAD_MIN = 1000
+
+    def _start_baseline(self, state: State, at: datetime) -> None:
+        self.cancel_baseline()
+        if len(self.config.resources) < self.BASELINE_AHEAD_MIN or not self.config.tls_edges:
+            return
+        from pkiform import trust
+
+        job = trust.start_baseline(self.config, state, self.registry, at)
+        if job is not None:
+            self._baseline = (self._state_stamp(), at, job)
+
+    def take_baseline(self, at: datetime) -> Any:
+        """The `trust.Baseline` computed ahead for the state as it is now at ``at``, or None."""
+        ahead, self._baseline = self._baseline, None
+        if ahead is None:
+            return None
+        stamp, started_at, job = ahead
+        if stamp != self._state_stamp() or started_at != at:
+            job.cancel()
+            return None
+        return job.result()
+
+    def cancel_baseline(self) -> None:
+        ahead, self._baseline = self._baseline, None
+        if ahead is not None:
+            ahead[2].cancel()
 
     def apply(
         self,

@@ -42,7 +42,7 @@ from pkiform.providers import builtin_providers
 from pkiform.state.model import State
 from pkiform.state.store import StateStore
 from pkiform.transport.local import LocalTransport
-from pkiform.trust import prove
+from pkiform.trust import prove, start_baseline
 
 from .fakes import NOW, examples, scratch
 from .fakes import PHASES as HYPOTHESIS_PHASES
@@ -396,11 +396,18 @@ def test_symmetry_reduced_proof_agrees_with_the_full_proof(pki: Pki, data: Any) 
         env = created(pki, root)
         before = env.state()
         plan = env.plan(replace=[str(a) for a in replaced], mode=mode)
+        # The baseline as `pkiform plan` computes it: in a forked child, while planning.
+        job = start_baseline(pki.config, before, REGISTRY, plan.at)
+        assert job is not None
+        known = job.result()
+        assert known is not None
         reduced = prove(plan, pki.config, before, REGISTRY)
+        ahead = prove(plan, pki.config, before, REGISTRY, known=known)
         full = prove(plan, pki.config, before, REGISTRY, symmetry=False)
         event(f"reduced: {bool(reduced.represented)}, ok: {full.ok}")
-        assert reduced.ok == full.ok, (reduced.summary(), full.summary())
-        assert verdicts(reduced.failures) == verdicts(full.failures)
-        assert verdicts(reduced.preexisting) == verdicts(full.preexisting)
-        assert reduced.edges == full.edges
-        assert reduced.checks <= full.checks
+        for report in (reduced, ahead):
+            assert report.ok == full.ok, (report.summary(), full.summary())
+            assert verdicts(report.failures) == verdicts(full.failures)
+            assert verdicts(report.preexisting) == verdicts(full.preexisting)
+            assert report.edges == full.edges
+            assert report.checks <= full.checks
