@@ -133,15 +133,17 @@ look() {  # one systemctl call per look at the unit
 $props
 EOF
 }
-look
-if [ "$LoadState" != loaded ]; then
-  echo "is not loaded on the host (LoadState=${LoadState:-unknown})"; exit 41
-fi
+# Straight to the restart (a not-loaded unit fails it at once; its LoadState says why after):
+# every process here is on a rolling group's critical path, once per member.
 # bounded: systemctl itself waits up to the unit's TimeoutStartSec otherwise
 if ! msg=$(timeout "$timeout" systemctl "$verb" -- "$unit" 2>&1); then
+  look
+  if [ "$LoadState" != loaded ]; then
+    echo "is not loaded on the host (LoadState=${LoadState:-unknown})"; exit 41
+  fi
   echo "$verb failed: $(printf '%s' "$msg" | tr '\n' ' ')"; journal; exit 41
 fi
-end=$(( $(date +%s) + timeout ))
+end=
 while :; do
   look
   case $ActiveState in
@@ -150,7 +152,9 @@ while :; do
     inactive)
       if [ "$Type" = oneshot ] && [ "$Result" = success ]; then echo done; exit 0; fi ;;
   esac
-  if [ "$(date +%s)" -ge "$end" ]; then
+  now=$(date +%s)
+  end=${end:-$(( now + timeout ))}
+  if [ "$now" -ge "$end" ]; then
     echo "did not become active within ${timeout}s after $verb (state=$ActiveState)"
     journal; exit 41
   fi
@@ -160,9 +164,11 @@ done
 
 # A look at a unit during the settle window: is it still the invocation that became active?
 _UNIT_SCRIPT = r"""
-props=$(systemctl show -p ActiveState -p InvocationID -p NRestarts -- "$1") || exit 1
-printf '%s\n' "$props"
-if [ "$2" = journal ]; then journalctl -u "$1" -n 15 --no-pager 2>&1 | tail -n 15; fi
+if [ "$2" != journal ]; then  # the usual look: no subshell (the last look ends a window)
+  exec systemctl show -p ActiveState -p InvocationID -p NRestarts -- "$1"
+fi
+systemctl show -p ActiveState -p InvocationID -p NRestarts -- "$1" || exit 1
+journalctl -u "$1" -n 15 --no-pager 2>&1 | tail -n 15
 """
 
 _HEALTH_SCRIPT = r"""

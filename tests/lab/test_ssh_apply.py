@@ -794,6 +794,10 @@ def test_restart_outcomes_seen_by_the_transport(lab: Lab, tmp_path: Path) -> Non
             transport.restart_service("pkiform-missing.service", reload=False, health=None,
                                       timeout=30)
         assert time.monotonic() - started < 5  # at once, not after the timeout
+        host.run("systemctl mask pkiform-masked.service")  # loaded as masked: refused too
+        with pytest.raises(ServiceError, match=r"is not loaded on the host \(LoadState=masked"):
+            transport.restart_service("pkiform-masked.service", reload=False, health=None,
+                                      timeout=30)
 
         # reload keeps the process; a health check is waited for, and its output reported
         pid = unit_props(host, ["pkiform-fine"], ["MainPID"])["pkiform-fine"]["MainPID"]
