@@ -354,6 +354,72 @@ def bench_row(nodes: int, key: str, repeat: int, workdir: Path, env: dict[str, s
 
 # -- deploy fan-out on lab hosts ---------------------------------------------------------------
 
+# An extra, unmeasured redeploy through the CLI with every step's start and end recorded (the
+# proof's simulated apply has no hooks and is left out): where a deploy's time goes.
+_TRACER = r"""
+import json, sys, time
+origin = time.monotonic()
+import pkiform.apply as apply_module
+from pkiform import cli
+events = []
+emit = apply_module.Applier.emit
+def traced(self, event):
+    change = event.change
+    if self.hooks and change is not None and event.kind in ("start", "done", "failed"):
+        events.append([time.monotonic() - origin, event.kind, str(change.address),
+                       change.host or "", change.rolling or ""])
+    emit(self, event)
+apply_module.Applier.emit = traced
+status = cli.main(sys.argv[2:])
+with open(sys.argv[1], "w") as out:
+    json.dump({"status": status, "events": events, "main_s": time.monotonic() - origin}, out)
+sys.exit(status)
+"""
+
+
+def deploy_timeline(argv: Sequence[str], env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """Run ``pkiform`` (``argv`` after ``-m pkiform``) under the tracer; a summary of when
+    the files of each host were written and each restart ran, in seconds from spawn."""
+    trace = workdir / "deploy-trace.json"
+    elapsed, _, _ = measure([sys.executable, "-c", _TRACER, str(trace), *argv], env=env)
+    data = json.loads(trace.read_text())
+    starts: dict[str, float] = {}
+    files: dict[str, list[float]] = {}
+    restarts: list[dict[str, Any]] = []
+    for at, kind, address, host, rolling in data["events"]:
+        if kind == "start":
+            starts[address] = at
+            continue
+        began = starts.get(address, at)
+        if address.startswith("service."):
+            restarts.append({"address": address, "host": host, "rolling": rolling,
+                             "start": round(began, 3), "end": round(at, 3)})
+        elif host:
+            first, last, count = files.get(host, [began, at, 0])
+            files[host] = [min(first, began), max(last, at), count + 1]
+    steps = [e[0] for e in data["events"]]
+    return {"process_s": round(elapsed, 3), "cli_main_s": round(data["main_s"], 3),
+            "first_step": round(min(steps), 3) if steps else None,
+            "last_step": round(max(steps), 3) if steps else None,
+            "files": {h: {"first": round(f, 3), "last": round(last, 3), "count": n}
+                      for h, (f, last, n) in sorted(files.items())},
+            "restarts": sorted(restarts, key=lambda r: (r["start"], r["address"]))}
+
+
+def log_timeline(timeline: dict[str, Any]) -> None:
+    log(f"deploy timeline (one more redeploy, not measured; s from spawn): steps "
+        f"{timeline['first_step']}–{timeline['last_step']}, cli.main returned at "
+        f"{timeline['cli_main_s']}, exit at {timeline['process_s']}")
+    for host, f in timeline["files"].items():
+        log(f"  files {host}: {f['count']} written {f['first']:.2f}–{f['last']:.2f}")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for restart in timeline["restarts"]:
+        groups.setdefault(restart["rolling"] or "(not rolling)", []).append(restart)
+    for group, members in sorted(groups.items()):
+        log(f"  restarts {group}: " + ", ".join(
+            f"{r['address'].removeprefix('service.')} {r['start']:.2f}–{r['end']:.2f}"
+            for r in members))
+
 
 def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
     """pkiform redeploy vs scp loops on ``hosts`` lab hosts (tests/lab/hosts.py)."""
@@ -462,6 +528,13 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
             par_s.append(par)
             log(f"deploy {rep}/{repeat}: pkiform {elapsed:.2f}s ({done}); sequential scp "
                 f"{seq:.2f}s; parallel scp {par:.2f}s (load average {load[-1]:.2f})")
+        drop_files()
+        timeline: dict[str, Any] | None = None
+        try:
+            timeline = deploy_timeline(redeploy[3:], env, workdir)  # after `-m pkiform`
+            log_timeline(timeline)
+        except (CommandFailed, OSError, ValueError, KeyError) as exc:  # figures stand alone
+            log(f"deploy: no timeline ({type(exc).__name__}: {str(exc)[:300]})")
         # Still consistent: pkiform's last redeploy was overwritten by identical files.
         measure(pkiform_argv(directory, "plan", "--detailed-exitcode"), env=env, ok=(0,))
     finally:
@@ -472,7 +545,8 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
             "parallel_scp_s": par, "speedup_vs_sequential": seq / pk,
             "over_parallel_scp": pk / par,
             "samples": {"pkiform_s": pk_s, "sequential_s": seq_s, "parallel_scp_s": par_s,
-                        "loadavg_1m": load}}
+                        "loadavg_1m": load},
+            "timeline": timeline}
 
 
 # -- machine facts, goals, table ---------------------------------------------------------------
