@@ -25,6 +25,14 @@ class Address:
     kind: str
     name: str
     host: str | None = None
+    # The text form, made once: state records are keyed by it, so a 5,000-node plan asks
+    # for it hundreds of thousands of times.
+    _text: str = attrs.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        text = (f"{self.kind}.{self.name}[{self.host}]" if self.host
+                else f"{self.kind}.{self.name}")
+        object.__setattr__(self, "_text", text)
 
     @property
     def sort_key(self) -> tuple[str, str, str]:
@@ -62,10 +70,10 @@ class Address:
         return Address(self.kind, self.name, host)
 
     def __str__(self) -> str:
-        return f"{self.kind}.{self.name}[{self.host}]" if self.host else f"{self.kind}.{self.name}"
+        return self._text
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class Ref:
     """A dependency on one named output of another resource (an edge of the graph)."""
 

@@ -332,11 +332,16 @@ class _Verdicts:
     def _verify_client(self, key: tuple[bytes, bytes]) -> str | None:
         return verify_client_chain(chain_pem=key[0], trust_pem=key[1], at=self.at)
 
-    def prefetch(self, items: Iterable[tuple[_Pair, _Views, _Views]]) -> None:
+    def prefetch(self, items: Iterable[tuple[_Pair, _Views, _Views]]
+                 ) -> list[tuple[Any, Any]]:
+        """Verify what ``items`` need, in a batch; returns their keys (in order) for
+        `check_keys`, so that a caller walking the same items does not look them up again."""
         servers: dict[tuple[str, bytes, bytes], None] = {}
         clients: dict[tuple[bytes, bytes], None] = {}
+        keys = []
         for pair, client, server in items:
-            server_key, client_key = self._keys(pair, client, server)
+            server_key, client_key = both = self._keys(pair, client, server)
+            keys.append(both)
             if server_key is not None and server_key not in self._server and \
                     not self._known_verdict(self._server, server_key):
                 servers[server_key] = None
@@ -363,10 +368,11 @@ class _Verdicts:
             target: dict[Any, str | None] = (
                 self._server if verify == self._verify_server else self._client)
             target[key] = result
+        return keys
 
-    def check(self, pair: _Pair, client: _Views, server: _Views) -> list[str]:
+    def check_keys(self, keys: tuple[Any, Any]) -> list[str]:
         reasons = []
-        server_key, client_key = self._keys(pair, client, server)
+        server_key, client_key = keys
         if server_key is not None:
             if server_key not in self._server and \
                     not self._known_verdict(self._server, server_key):
@@ -444,7 +450,7 @@ def _representatives(plan: Plan, config: Config, state: State, pairs: list[_Pair
         host = change.host
         if host is not None:
             shapes[host].append(("change", change.kind, change.address.name,
-                                 change.action.value, change.phase, change.step,
+                                 change.action, change.phase, change.step,
                                  change.outputs))
     classes: dict[Any, list[str]] = defaultdict(list)
     for name in sorted(config.hosts):
@@ -452,7 +458,10 @@ def _representatives(plan: Plan, config: Config, state: State, pairs: list[_Pair
         if name in unique:
             key: Any = ("unique", name)
         else:
-            key = (host.groups, tuple(sorted(shapes.get(name, ()), key=repr)))
+            # In config and plan order, not sorted: same-shaped hosts list the same things in
+            # the same order, and hosts whose lists merely differ in order are only kept
+            # apart (fewer collapse), never wrongly merged.
+            key = (host.groups, tuple(shapes.get(name, ())))
         classes[key].append(name)
     if all(len(members) == 1 for members in classes.values()):
         return None
@@ -506,6 +515,9 @@ class Baseline:
 
     at: datetime
     pairs: int  # len(expand_edges(config)): a baseline of another config is not used
+    # id() of the config object it was computed from: the same in a forked child, and unique
+    # while the workspace holds that config. Lets an empty plan skip expanding the edges.
+    config_id: int
     broken: tuple[int, ...]  # indices into expand_edges(config)
     current: ProofReport  # the report for an empty plan (its mode is the plan's)
     # The verdicts behind it by digest of their inputs, so that the proof of a plan does not
@@ -516,18 +528,34 @@ class Baseline:
 def baseline(config: Config, state: State, registry: Registry, at: datetime) -> Baseline:
     """The `Baseline`, in a form to send to another process."""
     verdicts = _Verdicts(at)
-    result = _baseline(expand_edges(config), state, registry, verdicts)
+    result = _baseline(expand_edges(config), state, registry, verdicts, id(config))
     return attrs.evolve(result, verdicts=verdicts.export())
 
 
-def _baseline(pairs: list[_Pair], state: State, registry: Registry,
-              verdicts: _Verdicts) -> Baseline:
+def _baseline(pairs: list[_Pair], state: State, registry: Registry, verdicts: _Verdicts,
+              config_id: int) -> Baseline:
     initial = _Views(state, registry)
-    verdicts.prefetch((pair, initial, initial) for pair in pairs)
-    broken = [i for i, pair in enumerate(pairs) if verdicts.check(pair, initial, initial)]
-    current = _check("", [("before", initial)], pairs, [pairs[i] for i in broken], verdicts,
-                     len(pairs))
-    return Baseline(verdicts.at, len(pairs), tuple(broken), current)
+    keys = verdicts.prefetch((pair, initial, initial) for pair in pairs)
+    broken: list[int] = []
+    # What `_check` reports for an empty plan (one view, every failure pre-existing), built
+    # from the same verdicts instead of looking every pair up a second time.
+    preexisting: list[EdgeFailure] = []
+    seen: set[tuple[Any, ...]] = set()
+    for index, (pair, pair_keys) in enumerate(zip(pairs, keys, strict=True)):
+        reasons = verdicts.check_keys(pair_keys)
+        if not reasons:
+            continue
+        broken.append(index)
+        for reason in reasons:
+            marker = (pair.edge.name, pair.client_host, pair.server_host, reason)
+            if marker not in seen:
+                seen.add(marker)
+                preexisting.append(EdgeFailure(
+                    pair.edge.name, pair.client_host or "-", pair.server_host or "-",
+                    "current", "client before / server before", reason))
+    current = ProofReport(len(pairs), 1, len(pairs), (), "", preexisting=tuple(preexisting),
+                          verified=verdicts.verified)
+    return Baseline(verdicts.at, len(pairs), config_id, tuple(broken), current)
 
 
 def start_baseline(config: Config, state: State, registry: Registry,
@@ -541,12 +569,15 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry, *,
           symmetry: bool = True, known: Baseline | None = None) -> ProofReport:
     """``known``: the `Baseline` of this config and state at ``plan.at``, if it was computed
     ahead (by `start_baseline`); anything else is ignored and computed here."""
+    if (plan.is_empty and known is not None and known.at == plan.at and known.pairs
+            and known.config_id == id(config)):
+        return attrs.evolve(known.current, mode=plan.mode)
     pairs = expand_edges(config)
     if not pairs:
         return ProofReport(0, len(plan.phases), 0, (), plan.mode, skipped="no tls edges declared")
     if known is None or known.at != plan.at or known.pairs != len(pairs):
         verdicts = _Verdicts(plan.at)
-        known = _baseline(pairs, state, registry, verdicts)
+        known = _baseline(pairs, state, registry, verdicts, id(config))
     else:  # the baseline's verifications ran in the child: count them, do not repeat them
         verdicts = _Verdicts(plan.at, known=known.verdicts)
         verdicts.verified = known.current.verified
@@ -580,14 +611,14 @@ def _check(mode: str, views: list[tuple[str, _Views]], pairs: list[_Pair],
         combos = [("before", before, "before", before), ("before", before, "after", after),
                   ("after", after, "before", before), ("after", after, "after", after)]
         combos_of.append((phase, combos[:1] if before is after else combos))
-    verdicts.prefetch((pair, c_view, s_view) for _, combos in combos_of for pair in pairs
-                      for _, c_view, _, s_view in combos)
+    keys = iter(verdicts.prefetch((pair, c_view, s_view) for _, combos in combos_of
+                                  for pair in pairs for _, c_view, _, s_view in combos))
     for phase, combos in combos_of:
         seen: set[tuple[Any, ...]] = set()
         for pair in pairs:
-            for c_label, c_view, s_label, s_view in combos:
+            for c_label, _, s_label, _ in combos:  # the order prefetch was given
                 checks += 1
-                for reason in verdicts.check(pair, c_view, s_view):
+                for reason in verdicts.check_keys(next(keys)):
                     marker = (pair.edge.name, pair.client_host, pair.server_host, phase, reason)
                     if marker in seen:
                         continue

@@ -102,11 +102,14 @@ class Workspace:
         its own thread and kept for the apply). The local target is read in this thread.
         """
         selected = None if hosts is None else set(hosts)
+        # State keys are addresses' text; those of the config are made already.
+        declared = {str(address): address for address in self.config.resources}
         files_of: dict[str, list[tuple[Address, str]]] = defaultdict(list)
         for address_text, record in state.resources.items():
             if record.kind == "file" and record.outputs.get("host"):
                 files_of[record.outputs["host"]].append(
-                    (Address.parse(address_text), record.outputs["path"]))
+                    (declared.get(address_text) or Address.parse(address_text),
+                     record.outputs["path"]))
         endpoints: list[tuple[Address, str, str, Any]] = []  # (service, host, endpoint, cert)
         for address_text, record in state.resources.items():
             if record.kind != "service" or not record.outputs.get("serving_fingerprint"):

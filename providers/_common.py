@@ -44,7 +44,14 @@ def digest(value: bytes | str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# Types normalize returns as they are: most spec values (a 5,000-node plan normalizes
+# 170,000 of them, so the common case skips the isinstance chain and its ABC check).
+_PLAIN = frozenset({str, int, bool, float, type(None)})
+
+
 def normalize(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, Address):
         return str(value)
     if isinstance(value, (list, tuple)):
@@ -56,12 +63,12 @@ def normalize(value: Any) -> Any:
 
 def snapshot(spec: ResourceSpec, fields: Mapping[str, Field], skip: Sequence[str] = ()) -> dict:
     """The config inputs recorded in state and compared on the next plan."""
+    attributes = spec.attributes
     values = {}
     for name in _sorted_names(tuple(fields)):
-        if name not in skip:
-            value = spec.get(name)
-            if value is not None:
-                values[name] = normalize(value)
+        value = attributes.get(name)
+        if value is not None and name not in skip:
+            values[name] = value if type(value) in _PLAIN else normalize(value)
     return values
 
 
@@ -72,6 +79,8 @@ def _sorted_names(names: tuple[str, ...]) -> tuple[str, ...]:
 
 def describe_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     """Human reasons for config differences: "SAN added: 10.0.0.5", "validity_days 365 → 90"."""
+    if before == after:  # the usual case, and one C-level comparison
+        return []
     reasons: list[str] = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)

@@ -12,6 +12,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 
 from pkiform import trust
@@ -120,8 +121,7 @@ def test_the_proof_with_the_baseline_ahead_is_the_proof(cluster: Path, replace: 
 
 
 @pytest.mark.usefixtures("ahead")
-def test_a_baseline_of_another_state_or_time_is_not_used(cluster: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_baseline_of_another_state_time_or_config_is_not_used(cluster: Path) -> None:
     ws = Workspace(cluster)
     plan = ws.plan(prove_ahead=True)
     assert ws.take_baseline(plan.at + timedelta(seconds=1)) is None  # another time: dropped
@@ -132,12 +132,21 @@ def test_a_baseline_of_another_state_or_time_is_not_used(cluster: Path,
     os.utime(ws.store.path, ns=(1, 1))
     assert ws.take_baseline(plan.at) is None
 
-    # A baseline that does not fit the config (another edge count) is recomputed by prove.
-    plan = ws.plan(prove_ahead=False)
+    # A baseline of another config object is not taken by an empty plan, and a plan with
+    # changes also checks that the edge count fits.
+    ws = Workspace(cluster)
+    plan = ws.plan()
     state = ws.load_state()
-    wrong = trust.Baseline(plan.at, 1, (0,), trust.ProofReport(1, 1, 1, (), plan.mode))
-    assert trust.prove(plan, ws.config, state, ws.registry, known=wrong) == trust.prove(
-        plan, ws.config, state, ws.registry)
+    wrong = trust.Baseline(plan.at, 1, id(object()), (0,),
+                           trust.ProofReport(1, 1, 1, (), plan.mode))
+    right = trust.prove(plan, ws.config, state, ws.registry)
+    assert right.edges > 1
+    assert trust.prove(plan, ws.config, state, ws.registry, known=wrong) == right
+    replaced = ws.plan(replace=["ca.etcd"], at=plan.at)
+    state = ws.load_state(decrypt=True)
+    wrong = attrs.evolve(wrong, config_id=id(ws.config))
+    assert trust.prove(replaced, ws.config, state, ws.registry, known=wrong) == trust.prove(
+        replaced, ws.config, state, ws.registry)
 
 
 @pytest.mark.usefixtures("ahead")

@@ -113,3 +113,27 @@ def test_symmetry_needs_a_plan_without_cross_host_builds(cluster: Path) -> None:
     bad = attrs.evolve(plan, changes=tuple(needy if c is keeper else c for c in plan.changes))
     assert trust._reduce(bad, pairs, classes) is None
     assert trust._reduce(plan, pairs, classes) is not None
+
+
+def test_the_baseline_reports_what_the_check_of_an_empty_plan_reports(cluster: Path) -> None:
+    """`trust.baseline` builds the empty plan's report from the verdicts it already has; it
+    must be the report `_check` gives for the single "before" view, broken edge included."""
+    ws = Workspace(cluster)
+    state = ws.load_state(decrypt=True)
+    victim = state.resources["cert.kubelet[worker-2]"]
+    foreign = state.resources["cert.etcd-healthcheck-client[control-1]"]
+    forged = attrs.evolve(victim, outputs={**victim.outputs, "cert": foreign.outputs["cert"]})
+    for current in (state, attrs.evolve(
+            state, resources={**state.resources, "cert.kubelet[worker-2]": forged})):
+        plan = ws.plan()
+        known = trust.baseline(ws.config, current, ws.registry, plan.at)
+        pairs = trust.expand_edges(ws.config)
+        verdicts = trust._Verdicts(plan.at)
+        views = [("before", trust._Views(current, ws.registry))]
+        broken = [pairs[i] for i in known.broken]
+        expected = trust._check("", views, pairs, broken, verdicts, len(pairs))
+        assert known.current == expected
+        assert bool(expected.preexisting) == (current is not state)
+        # and what the full proof of an empty plan says (the mode is the plan's)
+        assert trust.prove(plan, ws.config, current, ws.registry, symmetry=False) == \
+            attrs.evolve(expected, mode=plan.mode)

@@ -15,6 +15,7 @@ address and the fix:
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import tomllib
@@ -478,7 +479,7 @@ class _Loader:
                     declared: Mapping[Address, set[str | None]], field: Field,
                     *, file: str) -> Address:
         try:
-            target = Address.parse(text)
+            target = _parse_address(text)
         except ConfigError:
             raise ConfigError(f"{text!r} is not a resource address", file=file,
                               address=str(owner),
@@ -675,6 +676,10 @@ class _Loader:
                 validate_all(config)
         # The planner reuses this analysis (memoized per config object): one graph per run.
         resource_graph(config, self.registry)
+
+
+# 5,000 instances refer to the same few addresses ("ca.kubernetes"); addresses are immutable.
+_parse_address = functools.lru_cache(maxsize=4096)(Address.parse)
 
 
 def _may_interpolate(value: Any) -> bool:

@@ -570,3 +570,33 @@ def test_issue_is_reproducible_except_for_signature_randomness(
         key = keys[alg][0]
         first = issue_certificate(ROOT_REQ, key, None, key, NOW, serial_number=7)
         assert issue_certificate(ROOT_REQ, key, None, key, NOW, serial_number=7) == first
+
+
+def test_joining_canonical_certificates_keeps_them_and_equals_the_parsing_path() -> None:
+    """join_pem_bundle keeps canonical PEM as it is (no parse): for every DER length modulo 48
+    (every shape of the last base64 line, padding included) that must be byte-for-byte what
+    parsing and re-encoding gives, and anything else still goes through the parser."""
+    from pkiform.pki.certs import _CANONICAL_CERTS, join_pem_bundle, split_pem_bundle
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    residues: set[int] = set()
+    for i in range(3000):  # ECDSA signatures vary in length: draw until all 48 are seen
+        if len(residues) == 48:
+            break
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "x" * (1 + i % 60))])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(i + 1).not_valid_before(now)
+                .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+        residues.add(len(cert.public_bytes(serialization.Encoding.DER)) % 48)
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        parsed = b"".join(split_pem_bundle(pem))
+        assert _CANONICAL_CERTS.fullmatch(pem) and _CANONICAL_CERTS.fullmatch(pem + pem)
+        assert join_pem_bundle([pem, pem + pem]) == parsed * 3
+        for variant in (pem.replace(b"\n", b"\r\n"), b"# comment\n" + pem, pem + b"\n"):
+            assert not _CANONICAL_CERTS.fullmatch(variant)
+            assert join_pem_bundle([variant]) == parsed
+        assert not _CANONICAL_CERTS.fullmatch(pem.replace(b"\n", b"\n\n", 2))
+        with pytest.raises(PkiError):
+            join_pem_bundle([pem[:-40]])
+    assert residues == set(range(48))
