@@ -12,6 +12,8 @@
 9. removing or moving resources leaves exactly the declared files on the hosts; deletes run
    dependents-first, and a file renamed in place survives (both were engine bugs these tests
    found).
+10. among ready changes the one with the longest expected chain behind it starts first
+   (ties: address order), a rolling group's chain included.
 
 Expected sets are computed from the specs' attributes with networkx, not with engine code.
 """
@@ -30,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pkiform.address import Address, Ref
-from pkiform.apply import ApplyResult
+from pkiform.apply import Applier, ApplyResult, Event
 from pkiform.model import Host, ResourceSpec
 from pkiform.plan import Change, Plan
 from pkiform.provider import Action
@@ -558,3 +560,76 @@ def test_lexicographic_order_matches_networkx_and_detects_every_cycle(nodes: lis
     assert order == list(nx.lexicographical_topological_sort(graph, key=key))
     position = {n: i for i, n in enumerate(order)}
     assert all(position[dep] < position[dependent] for dep, dependent in edges)
+
+
+# -- 10: longest chain first ------------------------------------------------------------------
+
+
+def expected_start_order(changes: list[Change], cost: Any) -> list[Address]:
+    """One batch (a phase's deletes, or the rest) run one change at a time: the graph from the
+    changes' own edges and rolling groups (networkx), heights by node weight ``cost``, then a
+    greedy walk that always starts the ready change of the greatest height, then address."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(c.address for c in changes)
+    for change in changes:
+        for before in {r.address for r in change.dependencies} | set(change.order_after):
+            if before in graph and before != change.address:
+                graph.add_edge(before, change.address)
+    groups: dict[str, list[Change]] = defaultdict(list)
+    for change in changes:
+        if change.rolling and change.action is Action.RESTART:
+            groups[change.rolling].append(change)
+    for members in groups.values():
+        members.sort(key=lambda c: c.address.sort_key)
+        width = max(1, members[0].rolling_width)
+        for a, b in zip(members, members[width:], strict=False):
+            graph.add_edge(a.address, b.address)
+    weight = {c.address: cost(c) for c in changes}
+    height: dict[Address, int] = {}
+    for node in reversed(list(nx.topological_sort(graph))):
+        height[node] = weight[node] + max((height[s] for s in graph.successors(node)),
+                                          default=0)
+    waiting = {n: graph.in_degree(n) for n in graph}
+    ready = {n for n, d in waiting.items() if d == 0}
+    order: list[Address] = []
+    while ready:
+        node = min(ready, key=lambda n: (-height[n], n.sort_key))
+        ready.remove(node)
+        order.append(node)
+        for successor in graph.successors(node):
+            waiting[successor] -= 1
+            if waiting[successor] == 0:
+                ready.add(successor)
+    return order
+
+
+@settings(ENGINE, max_examples=examples(25))
+@given(config=fake_configs(max_resources=25, rolling=True), data=st.data())
+def test_the_ready_change_with_the_longest_chain_starts_first(config: Any, data: Any) -> None:
+    """Weights are the engine's own estimates (`Applier._expected_ms`); what is checked is the
+    order they imply on the graph built here. One change at a time, so the order is exact."""
+    with scratch() as root:
+        harness = Harness(config, root)
+        sources = sorted({s["source"] for a, s in config.resources.items() if a.kind == "file"})
+        replace = data.draw(st.sampled_from(sources), label="replace")
+        started: list[tuple[str, Address]] = []
+
+        def hook(event: Event) -> None:
+            if event.kind == "start" and event.change is not None:
+                started.append((event.change.phase, event.change.address))
+
+        for plan_of in (lambda: harness.plan(), lambda: harness.plan(replace=[str(replace)])):
+            plan = plan_of()
+            started.clear()
+            harness.recorder.reset()
+            estimator = Applier(plan, harness.store(), harness.registry, harness.transport)
+            result = harness.apply(plan, parallelism=1, hooks=(hook,))
+            assert result.ok, (result.failed, result.skipped)
+            for phase in plan.phases:
+                batch = [c for c in changes_of(plan) if c.phase == phase.name]
+                expected = [
+                    *expected_start_order([c for c in batch if c.action is Action.DELETE],
+                                          estimator._expected_ms),
+                    *expected_start_order([c for c in batch if c.action is not Action.DELETE],
+                                          estimator._expected_ms)]
+                assert [a for p, a in started if p == phase.name] == expected
