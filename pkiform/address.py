@@ -79,9 +79,13 @@ class Ref:
 
     address: Address
     output: str
+    _text: str = attrs.field(init=False, eq=False, order=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_text", f"{self.address}:{self.output}")
 
     def __str__(self) -> str:
-        return f"{self.address}:{self.output}"
+        return self._text
 
     @classmethod
     def parse(cls, text: str) -> Ref:

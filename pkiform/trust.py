@@ -558,11 +558,12 @@ def _baseline(pairs: list[_Pair], state: State, registry: Registry, verdicts: _V
     return Baseline(verdicts.at, len(pairs), config_id, tuple(broken), current)
 
 
-def start_baseline(config: Config, state: State, registry: Registry,
+def start_baseline(config: Config, state: State | Callable[[], State], registry: Registry,
                    at: datetime) -> Forked[Baseline] | None:
     """`baseline` in a forked child (None where that is not possible; `prove` then computes
-    it itself)."""
-    return Forked.start(lambda: baseline(config, state, registry, at))
+    it itself). ``state`` may be a function that loads it, called in the child."""
+    return Forked.start(lambda: baseline(config, state() if callable(state) else state,
+                                         registry, at))
 
 
 def prove(plan: Plan, config: Config, state: State, registry: Registry, *,

@@ -218,9 +218,9 @@ class Workspace:
         """``prove_ahead``: the caller will prove the plan (`trust.prove_plan`); its baseline
         is computed meanwhile, in a child process where possible."""
         now = at or datetime.now(UTC)
-        state = self.load_state(decrypt=False)
         if prove_ahead:
-            self._start_baseline(state, now)
+            self._start_baseline(now)
+        state = self.load_state(decrypt=False)
         state_hash = self.store.content_hash()
         observations = self.refresh(state) if refresh else {}
         return make_plan(
@@ -235,15 +235,19 @@ class Workspace:
     # Below this many resources a child process costs more than the baseline it computes.
     BASELINE_AHEAD_MIN = 1000
 
-    def _start_baseline(self, state: State, at: datetime) -> None:
+    def _start_baseline(self, at: datetime) -> None:
         self.cancel_baseline()
         if len(self.config.resources) < self.BASELINE_AHEAD_MIN or not self.config.tls_edges:
             return
         from pkiform import trust
 
-        job = trust.start_baseline(self.config, state, self.registry, at)
+        # The child reads the state itself, while this process does too (each on its core).
+        # The stamp is taken first: a state written after it makes the result unused.
+        stamp = self._state_stamp()
+        job = trust.start_baseline(self.config, lambda: self.load_state(decrypt=False),
+                                   self.registry, at)
         if job is not None:
-            self._baseline = (self._state_stamp(), at, job)
+            self._baseline = (stamp, at, job)
 
     def take_baseline(self, at: datetime) -> Any:
         """The `trust.Baseline` computed ahead for the state as it is now at ``at``, or None."""

@@ -546,9 +546,14 @@ class _Loader:
                     checked[Address(kind, name)] = (result, file)
 
         declared: dict[Address, set[str | None]] = {}
-        instances: list[tuple[Address, Host | None, dict[str, Any], str]] = []
+        instances: list[tuple[Address, Host | None, dict[str, Any], str,
+                              list[tuple[str, Field]]]] = []
         for base, (table, file) in checked.items():
             fields = self.fields_of(base.kind)
+            # Values the second pass has to touch: references to resolve, lists to freeze.
+            special = [(key, fields[key]) for key in table
+                       if fields[key].type in ("ref", "list[ref]")
+                       or isinstance(table[key], list)]
             # Values without braces are the same on every host: only the others are
             # interpolated per instance (5,000 kubelets share one table).
             constant: dict[str, Any] = {}
@@ -559,21 +564,21 @@ class _Loader:
                 else:
                     constant[key] = tuple(value) if isinstance(value, list) else value
             per_host = bool(table.get("for_each"))
-            for host in self.instance_hosts(str(base), table, hosts, file):
+            on_hosts = self.instance_hosts(str(base), table, hosts, file)
+            instance_hosts = declared.setdefault(base, set()) if on_hosts else set()
+            for host in on_hosts:
                 address = base.on(host.name) if host and per_host else base
                 values = dict(constant)
                 if templated:
                     where = str(address)
                     for key, value in templated.items():
                         values[key] = self.interpolate(value, host, file=file, address=where)
-                instances.append((address, host, values, file))
-                declared.setdefault(base, set()).add(address.host)
+                instances.append((address, host, values, file, special))
+                instance_hosts.add(address.host)
 
         resources: dict[Address, ResourceSpec] = {}
-        for address, host, values, file in instances:
-            fields = self.fields_of(address.kind)
-            for key in list(values):
-                field = fields[key]
+        for address, host, values, file, special in instances:
+            for key, field in special:
                 value = values[key]
                 if field.type == "ref" and value is not None:
                     values[key] = self.resolve_ref(value, address, host, declared, field,
