@@ -384,19 +384,21 @@ class StateStore:
     ) -> None:
         """Record one completed step (durably at once, or at the next `journal_sync`)."""
         key = self.key_for(base.lineage, create=True) if secrets else self._key
-        entry = {
-            "lineage": base.lineage,
-            "serial": base.serial,
-            "address": address,
-            "record": _drop_none(record.to_dict()) if record is not None else None,
-            "secrets": {
-                name: self._sealed.seal(key, address, name, value)
-                for name, value in secrets.items()
-            }
-            if secrets and key
-            else {},
-        }
-        line = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        sealed = {
+            name: self._sealed.seal(key, address, name, value)
+            for name, value in secrets.items()
+        } if secrets and key else {}
+        # One JSON object per line, put together around the one reusable C encoder, the
+        # record encoded as the state file encodes it (None dropped): a json.dumps per step
+        # built an encoder and walked each record twice, 5,000 times at 1,000 nodes.
+        line = "".join((
+            '{"address":', encode_basestring(address),
+            ',"lineage":', encode_basestring(base.lineage),
+            ',"record":', _compact_json(record.to_dict()) if record is not None else "null",
+            ',"secrets":', _encode_plain(sealed),
+            ',"serial":', str(int(base.serial)),
+            "}\n",
+        )).encode()
         if self._journal_fd is None:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW

@@ -124,6 +124,39 @@ def test_journal_replays_completed_steps_and_tolerates_a_torn_tail(store: StateS
     assert not store.journal_path.exists()
 
 
+def test_a_journal_line_is_one_json_entry_without_nulls(store: StateStore) -> None:
+    base = sample_state()
+    store.save(base)
+    record = ResourceState(
+        kind="kubeconfig",
+        inputs={"user": "système:admin", "namespace": None, "groups": ["a", None, "b"]},
+        deps={"cert.x:cert": "d"}, digests={"kubeconfig": "e"},
+        outputs={"server": "https://10.0.0.1:6443", "nested": {"gone": None, "kept": 1}},
+    )
+    store.journal_append(base, "kubeconfig.ädmin", record, {"client_key": "KEY"})
+    store.journal_append(base, "file.x[h-1]", None, {})
+    lines = store.journal_path.read_bytes().splitlines()
+    assert len(lines) == 2
+    entry, removal = (json.loads(line) for line in lines)
+    assert set(entry) == {"address", "lineage", "record", "secrets", "serial"}
+    assert (entry["address"], entry["lineage"], entry["serial"]) == (
+        "kubeconfig.ädmin", base.lineage, base.serial)
+    assert entry["record"] == {
+        "kind": "kubeconfig",
+        "inputs": {"user": "système:admin", "groups": ["a", "b"]},
+        "deps": {"cert.x:cert": "d"}, "digests": {"kubeconfig": "e"},
+        "outputs": {"server": "https://10.0.0.1:6443", "nested": {"kept": 1}},
+    }
+    assert entry["secrets"]["client_key"].startswith("aes256gcm:")
+    assert b"KEY" not in lines[0]
+    assert removal == {"address": "file.x[h-1]", "lineage": base.lineage, "record": None,
+                       "secrets": {}, "serial": base.serial}
+    loaded = StateStore(store.directory, store.key_file).load()
+    assert loaded.get("kubeconfig.ädmin") == ResourceState(kind="kubeconfig", **{
+        field: entry["record"][field] for field in ("inputs", "deps", "digests", "outputs")})
+    assert loaded.secrets_of("kubeconfig.ädmin") == {"client_key": "KEY"}
+
+
 def test_second_locker_fails_fast_naming_the_holder(store: StateStore) -> None:
     with store.lock("apply") as info:
         other = StateStore(store.directory, store.key_file)
