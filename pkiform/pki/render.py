@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -111,12 +112,12 @@ def render_kubeconfig(
         raise PkiError(f"server must be an http(s) URL like https://10.0.0.1:6443, got {server!r}")
     if namespace is not None:
         _require_name(namespace, "namespace")
-    if not load_certificates(ca_bundle_pem):
+    if not _holds_certificates(_exact(ca_bundle_pem)):
         raise PkiError("ca_bundle_pem contains no certificate")
-    client_chain = split_pem_bundle(client_cert_pem)
-    if not client_chain:
+    client_pair = _client_pair(_exact(client_cert_pem), _exact(client_key_pem))
+    if client_pair is None:
         raise PkiError("client_cert_pem contains no certificate")
-    if not certificate_matches_key(client_chain[0], client_key_pem):
+    if not client_pair:
         raise PkiError(f"client key does not match the client certificate of user {user!r}")
 
     q = yaml_scalar
@@ -146,6 +147,28 @@ def render_kubeconfig(
         f"    client-key-data: {_b64(client_key_pem)}",
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _exact(pem: bytes) -> bytes:
+    # A cache key (bytearray is not hashable); anything else not bytes is refused inside.
+    return bytes(pem) if isinstance(pem, bytearray) else pem
+
+
+# The checks are memoized on the exact bytes: an apply renders each kubeconfig twice (its
+# digest, then its file) and checks the same CA bundle in every one (1,000 at 1,000 nodes).
+@functools.lru_cache(maxsize=64)
+def _holds_certificates(bundle_pem: bytes) -> bool:
+    return bool(load_certificates(bundle_pem))
+
+
+@functools.lru_cache(maxsize=1024)
+def _client_pair(cert_pem: bytes, key_pem: bytes) -> bool | None:
+    """Whether the key belongs to the first certificate; None when there is no certificate.
+    (Errors are not cached: a malformed PEM raises again the next time.)"""
+    chain = split_pem_bundle(cert_pem)
+    if not chain:
+        return None
+    return certificate_matches_key(chain[0], key_pem)
 
 
 def render_encryption_config(
