@@ -158,11 +158,11 @@ class FileProvider:
     def apply(self, request: ApplyRequest) -> ResourceResult:
         spec, ctx = request.spec, request.context
         assert spec.host is not None
-        content = ctx.value(Ref(spec["source"], spec["content"]))
-        inputs = self.inputs(spec)
         source_ref = Ref(spec["source"], spec["content"])
+        content = ctx.value(source_ref)
         secret = ctx.is_secret(source_ref)
-        mode = int(inputs["mode"], 8) if inputs["mode"] else (0o600 if secret else 0o644)
+        declared = spec.get("mode")  # what inputs() records, without building all of them
+        mode = int(declared, 8) if declared else (0o600 if secret else 0o644)
         transport = ctx.host_transport(spec.host)
         prior = request.prior
         if prior is not None and (prior.outputs.get("path"), prior.outputs.get("host")) != (
