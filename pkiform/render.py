@@ -58,16 +58,18 @@ def summary_line(plan: Plan) -> str:
 
 def render_change(change: Change, style: Style) -> list[str]:
     symbol, _word, code = SYMBOLS[change.action]
-    head = f"  {style(symbol.rjust(3), code)} {style(str(change.address), '1')}"
+    if style.color:
+        head = f"  {style(symbol.rjust(3), code)} {style(str(change.address), '1')}"
+        dot = style("·", "2")
+    else:  # the same text without a style call per piece (65,000 changes in a CA rotation)
+        head = f"  {symbol.rjust(3)} {change.address}"
+        dot = "·"
     if change.summary:
         head += f"  {style(change.summary, '2')}"
     if change.rolling and change.action is Action.RESTART:
         width = "one host" if change.rolling_width == 1 else f"{change.rolling_width} hosts"
         head += f"  {style(f'(rolling: {width} at a time)', '2')}"
-    lines = [head]
-    for reason in change.reasons:
-        lines.append(f"        {style('·', '2')} {reason}")
-    return lines
+    return [head, *(f"        {dot} {reason}" for reason in change.reasons)]
 
 
 def render_plan(plan: Plan, *, color: bool = False, proof: Any = None) -> str:
@@ -94,7 +96,7 @@ def render_plan(plan: Plan, *, color: bool = False, proof: Any = None) -> str:
                                f"{phase.description}", "1"))
         restarts = [c for c in changes if c.action is Action.RESTART]
         others = sorted((c for c in changes if c.action is not Action.RESTART),
-                        key=lambda c: (_kind_rank(c), c.address))
+                        key=lambda c: (_kind_rank(c), c.address.sort_key))
         for change in others:
             lines.extend(render_change(change, style))
         if restarts:

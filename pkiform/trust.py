@@ -441,13 +441,14 @@ def _representatives(plan: Plan, config: Config, state: State, pairs: list[_Pair
                                            edge.server_client_ca)
                       if ref is not None and ref.host)
     shapes: dict[str, list[Any]] = defaultdict(list)
+    records = state.resources
     for address, spec in config.resources.items():
         host = _host_of(address, spec)
         if host is not None:
             shapes[host].append((address.kind, address.name,
-                                 _record_shape(state.get(str(address)))))
+                                 _record_shape(records.get(str(address)))))
     for change in plan.changes:
-        host = change.host
+        host = change.address.host or _host_of(change.address, change.spec)
         if host is not None:
             shapes[host].append(("change", change.kind, change.address.name,
                                  change.action, change.phase, change.step,
@@ -479,7 +480,8 @@ def _reduce(plan: Plan, pairs: list[_Pair],
     kept_hosts = {h for pick in classes.values() for h in pick if h is not None}
     kept, dropped = [], set()
     for change in plan.changes:
-        if change.host is None or change.host in kept_hosts:
+        host = change.host
+        if host is None or host in kept_hosts:
             kept.append(change)
         else:
             dropped.add(change.address)
