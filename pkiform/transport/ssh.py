@@ -536,15 +536,21 @@ class SshTransport:
                 window: float) -> None:
         """Make sure the unit stays up for ``window`` seconds after it became active: a
         ``Type=simple`` unit is "active" the moment it is forked, even if its process exits
-        right away. It is looked at every SETTLE_POLL seconds and once more at the end of
-        the window (counted from here: the host saw it active before); it must be active
+        right away. It is looked at every SETTLE_POLL seconds (a fixed grid, nothing in the
+        last half poll) and once more at the end of the window (counted from here: the host
+        saw it active before); it must be active
         each time and still the same invocation (a crash that ``Restart=`` repaired in
         between gives a new InvocationID and NRestarts). No session is held while waiting,
         so the host's other steps go on meanwhile."""
         since = time.monotonic()
         deadline = since + window
+        look_at = since + SETTLE_POLL
         while True:
-            time.sleep(max(0.0, min(SETTLE_POLL, deadline - time.monotonic())))
+            if look_at > deadline - SETTLE_POLL / 2:
+                # No look in the last half poll but the one that ends the window: a slow look
+                # (a busy host, a wait for a session) must not push that one past its deadline.
+                look_at = deadline
+            time.sleep(max(0.0, look_at - time.monotonic()))
             last = time.monotonic() >= deadline
             status, out, err = self._exec(_UNIT_SCRIPT, [unit])
             if status != 0:
@@ -556,6 +562,8 @@ class SshTransport:
             if state == "active" and now == (invocation, restarts):
                 if last:
                     return
+                # the next poll on the grid after now (a late look does not bring on a burst)
+                look_at = since + SETTLE_POLL * (int((time.monotonic() - since) / SETTLE_POLL) + 1)
                 continue
             elapsed = time.monotonic() - since
             why = f"state={state}" if state != "active" else (
