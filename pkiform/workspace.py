@@ -190,7 +190,12 @@ class Workspace:
             cached = self._states.get(decrypted)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-        state = self.store.load(decrypt=decrypt)
+        plain = self._states.get(False)
+        if decrypt and plain is not None and plain[0] == stamp:
+            # The same file, read without its secrets: decrypt them, do not parse it again.
+            state = self.store.with_secrets(plain[1])
+        else:
+            state = self.store.load(decrypt=decrypt)
         if self._state_stamp() == stamp:
             self._states[decrypt] = (stamp, state)
         return state
