@@ -281,8 +281,10 @@ class _Verdicts:
     distinct inputs on a thread pool (cryptography's verifier releases the GIL).
     """
 
-    def __init__(self, at: datetime, known: Mapping[bytes, str | None] | None = None) -> None:
+    def __init__(self, at: datetime, known: Mapping[bytes, str | None] | None = None,
+                 threads: int | None = None) -> None:
         self.at = at
+        self.threads = threads or _VERIFY_THREADS
         self._server: dict[tuple[str, bytes, bytes], str | None] = {}
         self._client: dict[tuple[bytes, bytes], str | None] = {}
         # Verdicts at the same time from another process (`export`), by digest of the inputs.
@@ -353,7 +355,7 @@ class _Verdicts:
         def run(batch: list[tuple[Callable[[Any], str | None], Any]]) -> list[str | None]:
             return [verify(key) for verify, key in batch]
 
-        threads = _VERIFY_THREADS if len(jobs) >= _PARALLEL_MIN else 1
+        threads = self.threads if len(jobs) >= _PARALLEL_MIN else 1
         if threads == 1:
             results = run(jobs)
         else:
@@ -527,9 +529,10 @@ class Baseline:
     verdicts: Mapping[bytes, str | None] = attrs.field(factory=dict, repr=False)
 
 
-def baseline(config: Config, state: State, registry: Registry, at: datetime) -> Baseline:
+def baseline(config: Config, state: State, registry: Registry, at: datetime, *,
+             threads: int | None = None) -> Baseline:
     """The `Baseline`, in a form to send to another process."""
-    verdicts = _Verdicts(at)
+    verdicts = _Verdicts(at, threads=threads)
     result = _baseline(expand_edges(config), state, registry, verdicts, id(config))
     return attrs.evolve(result, verdicts=verdicts.export())
 
@@ -564,8 +567,9 @@ def start_baseline(config: Config, state: State | Callable[[], State], registry:
                    at: datetime) -> Forked[Baseline] | None:
     """`baseline` in a forked child (None where that is not possible; `prove` then computes
     it itself). ``state`` may be a function that loads it, called in the child."""
+    # One verification thread: the parent keeps the other core busy planning meanwhile.
     return Forked.start(lambda: baseline(config, state() if callable(state) else state,
-                                         registry, at))
+                                         registry, at, threads=1))
 
 
 def prove(plan: Plan, config: Config, state: State, registry: Registry, *,
