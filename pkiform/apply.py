@@ -39,6 +39,7 @@ import attrs
 from pkiform.address import Address, Ref
 from pkiform.errors import PkiformError, StalePlanError
 from pkiform.model import Host
+from pkiform.offload import die_with_parent
 from pkiform.plan import ROTATION_KEY, Change, Plan
 from pkiform.provider import Action, ApplyRequest, Registry, ResourceResult
 from pkiform.state.model import ResourceState, State
@@ -93,21 +94,6 @@ def key_requests(plan: Plan, registry: Registry) -> dict[Address, list[str]]:
     return requests
 
 
-def _die_with_parent(parent: int) -> None:
-    """Keygen workers must not outlive a killed apply (they would hold its pipes open)."""
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: workers end when their queue closes
-        pass
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-
-
 def _generate_key(algorithm: str) -> bytes:
     from pkiform.pki.keys import generate_private_key_pem
 
@@ -158,7 +144,7 @@ class KeySource:
             return
         self._pool = cf.ProcessPoolExecutor(max_workers=self._workers,
                                             mp_context=_fork_context(),
-                                            initializer=_die_with_parent,
+                                            initializer=die_with_parent,
                                             initargs=(os.getpid(),))
         # With fork, every worker starts at the first submit: this one, not a later one made
         # while apply's threads run.

@@ -73,7 +73,7 @@ def cli(directory: Path, *argv: str) -> CliResult:
 
 def plan_json(directory: Path, *argv: str) -> dict[str, Any]:
     result = cli(directory, "plan", "--json", *argv)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     return json.loads(result.out)
 
 
@@ -310,13 +310,13 @@ def cluster(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clus
     before = active_since(lab)
     time.sleep(0.01)
     first = cli(directory, "apply", "--auto-approve")
-    assert first.code == 0, first
+    assert first.code == 0, str(first)
     yield Cluster(lab, directory, before, first)
 
 
 def assert_plan_empty(directory: Path) -> None:
     result = cli(directory, "plan", "--detailed-exitcode")
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     assert "No changes." in result.out
 
 
@@ -397,7 +397,7 @@ def test_remote_edit_plans_exactly_that_update(cluster: Cluster) -> None:
     assert changes == [("file.apiserver-crt[lab-2]", "update", ["changed on host"])]
 
     applied = cli(cluster.directory, "apply", "--auto-approve")
-    assert applied.code == 0, applied
+    assert applied.code == 0, str(applied)
     assert "1 done, 0 failed, 0 skipped" in applied.out
     assert host.file_path(path).read_bytes() == original
     # the overwritten file was kept as the backup, with the same mode
@@ -510,7 +510,7 @@ def test_rotation_survives_sshd_cut_mid_apply(cluster: Cluster) -> None:
     assert phase1_left and all(a.endswith("[lab-3]") for a in phase1_left if "[" in a), \
         phase1_left
     applied = cli(directory, "apply", "--auto-approve")
-    assert applied.code == 0, applied
+    assert applied.code == 0, str(applied)
     assert "Apply complete!" in applied.out
     assert_plan_empty(directory)
     assert deployment_problems(lab, directory) == []
@@ -553,7 +553,7 @@ def test_unknown_host_key_is_refused(cluster: Cluster, tmp_path: Path) -> None:
         "lab-1": {"known_hosts": known}, "lab-3": {"known_hosts": known}}, path)
 
     applied = cli(directory, "apply", "--auto-approve")
-    assert applied.code == 1, applied
+    assert applied.code == 1, str(applied)
     assert "Error: file.probe[lab-3]: lab-3: the host key of " + lab3.address in applied.err
     assert "refusing to connect to an unknown host" in applied.err
     assert f"ssh-keyscan -p 22 {lab3.address} >> {known}" in applied.err  # how to trust it
@@ -566,7 +566,7 @@ def test_unknown_host_key_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     shutil.copytree(cluster.directory, copy)
     (copy / "pkiform.toml").write_text(kubeadm_config(lab, known_hosts={"lab-3": known}))
     planned = cli(copy, "plan")
-    assert planned.code == 1, planned
+    assert planned.code == 1, str(planned)
     assert planned.err.startswith(f"Error: lab-3: the host key of {lab3.address} is not in")
     assert "ssh-keyscan" in planned.err
 
@@ -584,7 +584,7 @@ def test_changed_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
     path = "/etc/pkiform-probe/changed-key.crt"
     directory = _probe_config(lab, tmp_path / "cfg", {"lab-3": {"known_hosts": known}}, path)
     applied = cli(directory, "apply", "--auto-approve")
-    assert applied.code == 1, applied
+    assert applied.code == 1, str(applied)
     assert f"lab-3: the host key of {lab3.address} CHANGED" in applied.err
     assert "ssh-keygen -R" in applied.err
     assert not lab3.file_path(path).exists()
@@ -603,7 +603,7 @@ def test_symlink_or_directory_at_a_target_path_is_refused(cluster: Cluster) -> N
     plan = plan_json(cluster.directory)
     assert [c["address"] for c in plan["changes"]] == ["file.front-proxy-client-crt[lab-2]"]
     applied = cli(cluster.directory, "apply", "--auto-approve")
-    assert applied.code == 1, applied
+    assert applied.code == 1, str(applied)
     assert (f"Error: file.front-proxy-client-crt[lab-2]: lab-2: refusing to write {path}: "
             "it is a symlink") in applied.err
     assert host.run(f"readlink {path}").stdout.strip() == elsewhere
@@ -611,13 +611,13 @@ def test_symlink_or_directory_at_a_target_path_is_refused(cluster: Cluster) -> N
 
     host.run(f"rm {path} && mkdir {path}")
     applied = cli(cluster.directory, "apply", "--auto-approve")
-    assert applied.code == 1, applied
+    assert applied.code == 1, str(applied)
     assert f"refusing to write {path}: it exists and is not a regular file" in applied.err
     assert host.run(f"find {path} -mindepth 1").stdout == ""  # nothing written inside
 
     host.run(f"rmdir {path} && rm {elsewhere}")
     applied = cli(cluster.directory, "apply", "--auto-approve")
-    assert applied.code == 0, applied
+    assert applied.code == 0, str(applied)
     assert_plan_empty(cluster.directory)
     assert deployment_problems(cluster.lab, cluster.directory, hosts=("lab-2",)) == []
 
@@ -666,7 +666,7 @@ def test_non_root_without_sudo_gets_permission_denied(lab: Lab, deployer: str,
     path = "/etc/pkiform-probe/non-root.crt"
     directory = _probe_config(lab, tmp_path / "cfg", {"lab-1": {"user": deployer}}, path)
     applied = cli(directory, "apply", "--auto-approve")
-    assert applied.code == 1, applied
+    assert applied.code == 1, str(applied)
     assert f"lab-1: permission denied writing {path}" in applied.err
     assert "set sudo = true for this host" in applied.err
     assert not host.file_path(path).exists()
@@ -694,13 +694,13 @@ def test_non_root_with_passwordless_sudo_works(lab: Lab, deployer: str, tmp_path
                               {"lab-1": {"user": deployer, "sudo": True}}, path)
     host.run("rm -f /etc/sudoers.d/deployer")
     refused = cli(directory, "apply", "--auto-approve")
-    assert refused.code == 1, refused
+    assert refused.code == 1, str(refused)
     assert "sudo refused" in refused.err and "NOPASSWD" in refused.err
     host.run("echo 'deployer ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deployer && "
              "chmod 0440 /etc/sudoers.d/deployer")
     try:
         applied = cli(directory, "apply", "--auto-approve")
-        assert applied.code == 0, applied
+        assert applied.code == 0, str(applied)
         assert remote_stats(host, [path])[path][:3] == ("644", "root", "root")
         assert_plan_empty(directory)
     finally:
@@ -742,7 +742,7 @@ def test_failing_unit_stops_its_rolling_group(cluster: Cluster) -> None:
         install_units(lab, hosts=("lab-2",), units=("kube-apiserver",))
 
     applied = cli(directory, "apply", "--auto-approve")
-    assert applied.code == 0, applied
+    assert applied.code == 0, str(applied)
     final = active_since(lab, ["kube-apiserver"])
     assert final[("lab-1", "kube-apiserver")] == after[("lab-1", "kube-apiserver")]
     assert final[("lab-3", "kube-apiserver")] > after[("lab-3", "kube-apiserver")]
