@@ -305,13 +305,13 @@ class Planner:
         # the change, see below); every other output keeps the digest the state has.
         tokens: dict[str, str] = {}
         causes: dict[str, str] = {}
-        # One row per resource in walk order with everything every phase needs, so the walk
-        # (a CA rotation at 5,000 nodes: 3 phases × 25,000 resources) indexes lists instead
-        # of hashing addresses a dozen times per resource and phase.
         def state_digest(ref: Ref) -> str | None:
             record = priors.get(ref.address)
             return record.digests.get(ref.output) if record is not None else None
 
+        # One row per resource in walk order with everything every phase needs, so the walk
+        # (a CA rotation at 5,000 nodes: 3 phases × 25,000 resources) indexes lists instead
+        # of hashing addresses a dozen times per resource and phase.
         rows = []
         for address in self.order:
             spec = resources[address]
