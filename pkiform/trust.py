@@ -541,25 +541,10 @@ def _baseline(pairs: list[_Pair], state: State, registry: Registry, verdicts: _V
               config_id: int) -> Baseline:
     initial = _Views(state, registry)
     keys = verdicts.prefetch((pair, initial, initial) for pair in pairs)
-    broken: list[int] = []
-    # What `_check` reports for an empty plan (one view, every failure pre-existing), built
-    # from the same verdicts instead of looking every pair up a second time.
-    preexisting: list[EdgeFailure] = []
-    seen: set[tuple[Any, ...]] = set()
-    for index, (pair, pair_keys) in enumerate(zip(pairs, keys, strict=True)):
-        reasons = verdicts.check_keys(pair_keys)
-        if not reasons:
-            continue
-        broken.append(index)
-        for reason in reasons:
-            marker = (pair.edge.name, pair.client_host, pair.server_host, reason)
-            if marker not in seen:
-                seen.add(marker)
-                preexisting.append(EdgeFailure(
-                    pair.edge.name, pair.client_host or "-", pair.server_host or "-",
-                    "current", "client before / server before", reason))
-    current = ProofReport(len(pairs), 1, len(pairs), (), "", preexisting=tuple(preexisting),
-                          verified=verdicts.verified)
+    broken = [index for index, pair_keys in enumerate(keys) if verdicts.check_keys(pair_keys)]
+    # The report of an empty plan, from the keys already looked up (not a second time).
+    current = _check("", [("before", initial)], pairs, [pairs[i] for i in broken], verdicts,
+                     len(pairs), keys=keys)
     return Baseline(verdicts.at, len(pairs), config_id, tuple(broken), current)
 
 
@@ -607,7 +592,10 @@ def prove(plan: Plan, config: Config, state: State, registry: Registry, *,
 
 
 def _check(mode: str, views: list[tuple[str, _Views]], pairs: list[_Pair],
-           baseline_broken: list[_Pair], verdicts: _Verdicts, total: int) -> ProofReport:
+           baseline_broken: list[_Pair], verdicts: _Verdicts, total: int,
+           keys: list[tuple[Any, Any]] | None = None) -> ProofReport:
+    """``keys``: what `_Verdicts.prefetch` returned for exactly these pairs and views, if the
+    caller has it already."""
     failures: list[EdgeFailure] = []
     preexisting: list[EdgeFailure] = []
     checks = 0
@@ -618,14 +606,16 @@ def _check(mode: str, views: list[tuple[str, _Views]], pairs: list[_Pair],
         combos = [("before", before, "before", before), ("before", before, "after", after),
                   ("after", after, "before", before), ("after", after, "after", after)]
         combos_of.append((phase, combos[:1] if before is after else combos))
-    keys = iter(verdicts.prefetch((pair, c_view, s_view) for _, combos in combos_of
-                                  for pair in pairs for _, c_view, _, s_view in combos))
+    if keys is None:
+        keys = verdicts.prefetch((pair, c_view, s_view) for _, combos in combos_of
+                                 for pair in pairs for _, c_view, _, s_view in combos)
+    pending = iter(keys)
     for phase, combos in combos_of:
         seen: set[tuple[Any, ...]] = set()
         for pair in pairs:
             for c_label, _, s_label, _ in combos:  # the order prefetch was given
                 checks += 1
-                for reason in verdicts.check_keys(next(keys)):
+                for reason in verdicts.check_keys(next(pending)):
                     marker = (pair.edge.name, pair.client_host, pair.server_host, phase, reason)
                     if marker in seen:
                         continue
