@@ -1,9 +1,11 @@
 """``service``: a systemd unit on a host, restarted when a file it uses changes.
 
-Rolling groups (``max_unavailable = 1``: etcd members, apiservers) restart one host at a time,
-each followed by its health check. A service may also name the TLS endpoint it serves and the
-cert it should be serving: plan then reads what the process actually presents and plans a
-restart when it still serves an old certificate (deployed but never loaded).
+Rolling groups (``max_unavailable = 1``: etcd members, apiservers) restart one host at a time:
+the next member waits until the last one is active and has passed its health check (or, with
+no health check, stayed up for the settle window; see ``settle_window``). A service may also
+name the TLS endpoint it serves and the cert it should be serving: plan then reads what the
+process actually presents and plans a restart when it still serves an old certificate
+(deployed but never loaded).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pkiform.provider import (
     ResourceResult,
 )
 from pkiform.providers import _common as common
-from pkiform.transport.base import SETTLE_SECONDS, HealthCheck
+from pkiform.transport.base import HealthCheck, settle_window
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|socket|target|timer)$")
 
@@ -44,8 +46,9 @@ class ServiceProvider:
         "health_command": Field("str", doc="command on the host that exits 0 when healthy"),
         "health_url": Field("str", doc="https URL that answers when healthy"),
         "health_timeout": Field("int", default=60, doc="seconds to wait for health"),
-        "settle_seconds": Field("int", doc="seconds a restarted unit must stay up before the "
-                                "next step (default 1; raise it for units that die late)"),
+        "settle_seconds": Field("int", doc="seconds a restarted unit must stay up (after its "
+                                "health check, if any) before the next step (default 1 without "
+                                "a health check, 0 with one; raise it for units that die late)"),
         "tls_endpoint": Field("str", doc="host:port it serves TLS on (loaded-cert check)"),
         "serving_cert": Field("ref", ref_kinds=("cert",), doc="cert it should be serving"),
     }
@@ -120,12 +123,13 @@ class ServiceProvider:
 
     def expected_seconds(self, spec: ResourceSpec, action: Action) -> float:
         """For the apply's scheduler: a restart takes its settle window and a few round
-        trips (a health check, if any, at least one more), so the chain of a rolling group
+        trips (a health check, if any, a few polls more), so the chain of a rolling group
         is the longest in a deploy and starts first."""
+        has_health = bool(spec.get("health_command") or spec.get("health_url"))
         settle = spec.get("settle_seconds")
-        seconds = (SETTLE_SECONDS if settle is None else float(settle)) + 0.1
-        if spec.get("health_command") or spec.get("health_url"):
-            seconds += 0.5
+        seconds = settle_window(None if settle is None else float(settle), has_health) + 0.1
+        if has_health:
+            seconds += 0.3
         return seconds
 
     def apply(self, request: ApplyRequest) -> ResourceResult:

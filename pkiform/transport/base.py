@@ -9,10 +9,23 @@ import attrs
 
 from pkiform.model import Host
 
-# How long a restarted unit must stay up (the same invocation) before the next step, unless
-# a service sets settle_seconds. Here, not in the SSH transport, because the apply's scheduler
-# also uses it (through the service provider) to know how long a restart takes.
+# How long a restarted unit must stay up (the same invocation) when nothing else proves it
+# came up: no health check and no settle_seconds of its own. A configured health check is the
+# gate instead (Kubernetes' readiness probe with minReadySeconds 0, kubeadm's and kubespray's
+# wait-for-healthy between members): the unit must pass it and still be the invocation that
+# became active; settle_seconds then adds a window after it (minReadySeconds). Here, not in the
+# SSH transport, because the apply's scheduler also uses it (through the service provider) to
+# know how long a restart takes.
 SETTLE_SECONDS = 1.0
+
+
+def settle_window(settle: float | None, has_health_check: bool) -> float:
+    """Seconds a restarted unit must stay up after it became active (after its health check
+    passed, when it has one): ``settle`` if the service sets it, else SETTLE_SECONDS for a
+    unit without a health check, else 0."""
+    if settle is not None:
+        return settle
+    return 0.0 if has_health_check else SETTLE_SECONDS
 
 
 @attrs.frozen
@@ -62,7 +75,10 @@ class Transport(Protocol):
     def restart_service(
         self, unit: str, *, reload: bool, health: HealthCheck | None, timeout: float,
         settle: float | None = None,
-    ) -> RestartOutcome: ...
+    ) -> RestartOutcome:
+        """Restart (or reload) ``unit`` and wait until it is active, has passed ``health`` and
+        stayed up for ``settle_window(settle, health is not None)`` seconds."""
+        ...
 
     def serving_certificate(self, endpoint: str) -> bytes | None:
         """The PEM certificate a TLS endpoint ("host:port") presents, or None if unreachable."""

@@ -18,12 +18,16 @@ The only module of pkiform that imports fabric (and paramiko).
   renamed over the target. The file it replaces is kept as ``<path>.pkiform-backup`` (one
   generation, hard link, same mode) for manual rollback. A symlink, directory or other
   non-regular file at the target path is refused.
-* Restarts: ``systemctl restart|reload`` (a unit that is not loaded, or a failed job, fails at
-  once), wait until it is active, make sure it stays up for the settle window (a
-  ``Type=simple`` unit is "active" the moment it is forked, even if it exits right away):
-  looked at every ``SETTLE_POLL`` seconds and at the end of the window, it must be active and
-  the same invocation (InvocationID, NRestarts) each time; then the health check. On failure
-  the error carries the unit's last journal lines. The window holds no SSH session.
+* Restarts: one round trip runs ``systemctl restart|reload`` (a unit that is not loaded, or a
+  failed job, fails at once), waits until the unit is active and, if the service has a health
+  check, until the check passes — the gate, as a readiness probe is in Kubernetes — and the
+  unit is still the invocation that became active (a unit that dies meanwhile fails at once).
+  A unit without a health check is watched for the settle window instead (a ``Type=simple``
+  unit is "active" the moment it is forked, even if it exits right away): looked at every
+  ``SETTLE_POLL`` seconds and at the end of the window, it must be active and the same
+  invocation (InvocationID, NRestarts) each time. ``settle_seconds`` sets the window, also
+  after a health check (minReadySeconds). On failure the error carries the unit's last journal
+  lines. The window holds no SSH session.
 """
 
 from __future__ import annotations
@@ -42,7 +46,12 @@ from fabric import Connection
 
 from pkiform.errors import HostKeyError, ServiceError, TransportError
 from pkiform.model import Host
-from pkiform.transport.base import SETTLE_SECONDS, FileStat, HealthCheck, RestartOutcome
+from pkiform.transport.base import (
+    FileStat,
+    HealthCheck,
+    RestartOutcome,
+    settle_window,
+)
 
 BACKUP_SUFFIX = ".pkiform-backup"
 READ_CHUNK = 400  # paths per stat round trip; keeps the command line far below ARG_MAX
@@ -114,7 +123,7 @@ done
 """
 
 _RESTART_SCRIPT = r"""
-unit=$1 verb=$2 timeout=$3
+unit=$1 verb=$2 timeout=$3 health_timeout=${4:-0} check=${5:-}
 journal() { journalctl -u "$unit" -n 15 --no-pager 2>&1 | tail -n 15; }
 look() {  # one systemctl call per look at the unit
   LoadState= ActiveState= Type= Result= InvocationID= NRestarts=
@@ -133,6 +142,8 @@ look() {  # one systemctl call per look at the unit
 $props
 EOF
 }
+now() { read -r up _ </proc/uptime; t=${up%.*}${up#*.}; }  # centiseconds, no process
+now; t0=$t
 # Straight to the restart (a not-loaded unit fails it at once; its LoadState says why after):
 # every process here is on a rolling group's critical path, once per member.
 # bounded: systemctl itself waits up to the unit's TimeoutStartSec otherwise
@@ -147,19 +158,53 @@ end=
 while :; do
   look
   case $ActiveState in
-    active) echo "active ${InvocationID:--} ${NRestarts:--}"; exit 0 ;;
+    active) break ;;
     failed) echo "failed after $verb (state=failed)"; journal; exit 41 ;;
     inactive)
-      if [ "$Type" = oneshot ] && [ "$Result" = success ]; then echo done; exit 0; fi ;;
+      if [ "$Type" = oneshot ] && [ "$Result" = success ]; then InvocationID=done; break; fi ;;
   esac
-  now=$(date +%s)
-  end=${end:-$(( now + timeout ))}
-  if [ "$now" -ge "$end" ]; then
+  now
+  end=${end:-$(( t + timeout * 100 ))}
+  if [ "$t" -ge "$end" ]; then
     echo "did not become active within ${timeout}s after $verb (state=$ActiveState)"
     journal; exit 41
   fi
   sleep 0.1
 done
+invocation=${InvocationID:--} restarts=${NRestarts:--}
+now; active=$(( t - t0 )) healthy=-
+if [ -n "$check" ]; then
+  # The health check is the gate: polled briskly at first (a member that is back in 0.3 s
+  # should not wait a whole 0.5 s), then every 0.5 s until health_timeout.
+  end=$(( t + health_timeout * 100 )) tries=0
+  until out=$(sh -c "$check" 2>&1); do
+    if [ "$invocation" != done ]; then
+      look  # a unit that died meanwhile fails now, not after health_timeout
+      if [ "$ActiveState" != active ] || [ "${InvocationID:--}" != "$invocation" ]; then
+        echo "went down again while waiting for its health check (state=$ActiveState," \
+          "NRestarts $restarts -> ${NRestarts:--})"
+        journal; exit 41
+      fi
+    fi
+    now
+    if [ "$t" -ge "$end" ]; then printf '%s\n' "$out" | tail -n 5; exit 42; fi
+    tries=$(( tries + 1 ))
+    if [ "$tries" -le 10 ]; then sleep 0.1; else sleep 0.5; fi
+  done
+  now; healthy=$(( t - t0 ))
+  if [ "$invocation" != done ]; then
+    # Healthy, but still the process that became active? A port probe passes on the new
+    # process of a crash that Restart= repaired while the check ran.
+    look
+    if [ "$ActiveState" != active ] || [ "${InvocationID:--}" != "$invocation" ] \
+        || [ "${NRestarts:--}" != "$restarts" ]; then
+      echo "went down again while its health check ran (state=$ActiveState," \
+        "NRestarts $restarts -> ${NRestarts:--})"
+      journal; exit 41
+    fi
+  fi
+fi
+echo "$invocation $restarts $active $healthy"
 """
 
 # A look at a unit during the settle window: is it still the invocation that became active?
@@ -171,26 +216,13 @@ systemctl show -p ActiveState -p InvocationID -p NRestarts -- "$1" || exit 1
 journalctl -u "$1" -n 15 --no-pager 2>&1 | tail -n 15
 """
 
-_HEALTH_SCRIPT = r"""
-timeout=$1; shift
-end=$(( $(date +%s) + timeout ))
-while :; do
-  if out=$(sh -c "$1" 2>&1); then exit 0; fi
-  if [ "$(date +%s)" -ge "$end" ]; then printf '%s\n' "$out" | tail -n 5; exit 42; fi
-  sleep 0.5
-done
-"""
-
-
 class SshTransport:
     def __init__(self, host: Host, *, base_dir: Path, connect_timeout: float = 15.0,
-                 command_timeout: float = 120.0, max_sessions: int = MAX_SESSIONS,
-                 settle_seconds: float = SETTLE_SECONDS) -> None:
+                 command_timeout: float = 120.0, max_sessions: int = MAX_SESSIONS) -> None:
         self.host = host
         self.base_dir = Path(base_dir)
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
-        self.settle_seconds = settle_seconds
         self._connection: Connection | None = None
         self._connect_error: TransportError | None = None
         self._lock = threading.Lock()
@@ -504,32 +536,36 @@ class SshTransport:
 
     def restart_service(self, unit: str, *, reload: bool, health: HealthCheck | None,
                         timeout: float, settle: float | None = None) -> RestartOutcome:
-        started = time.monotonic()
+        """One round trip restarts the unit, waits until it is active and, with ``health``,
+        until the check passes (the unit still the invocation that became active); then the
+        settle window, if any, is watched from here (see settle_window)."""
         verb = "reload" if reload else "restart"
-        status, out, err = self._exec(_RESTART_SCRIPT, [unit, verb, str(int(timeout))],
-                                      timeout=timeout + 30)
-        if status != 0:
-            lines = out.splitlines() or [err.strip() or f"exit status {status}"]
-            raise self._unit_error(unit, lines[0], lines[1:])
-        words = out.split()
-        if words and words[0] == "active":
-            invocation, restarts = [*words[1:], "-", "-"][:2]
-            self._settle(unit, verb, invocation, restarts,
-                         self.settle_seconds if settle is None else settle)
-        active_after = time.monotonic() - started
-        detail = f"{verb}ed, active after {active_after:.1f}s"
+        args = [unit, verb, str(int(timeout))]
+        check = ""
         if health is not None:
             check = health.command or f"curl -fsSk --max-time 5 {shlex.quote(health.url or '')}"
-            status, out, err = self._exec(_HEALTH_SCRIPT, [str(int(health.timeout)), check],
-                                          timeout=health.timeout + 30)
-            if status != 0:
-                raise ServiceError(
-                    f"{unit} is active but its health check failed for {health.timeout:.0f}s: "
-                    f"{check}\n    " + "\n    ".join((out or err).splitlines()[-5:]),
-                    host=self.host.name,
-                    hint="the rollout stopped here; fix the service, then run pkiform apply "
-                    "again")
-            detail += f", healthy after {time.monotonic() - started:.1f}s"
+            args += [str(int(health.timeout)), check]
+        budget = timeout + (health.timeout if health is not None else 0) + 30
+        status, out, err = self._exec(_RESTART_SCRIPT, args, timeout=budget)
+        if status == 42:
+            assert health is not None
+            raise ServiceError(
+                f"{unit} is active but its health check failed for {health.timeout:.0f}s: "
+                f"{check}\n    " + "\n    ".join((out or err).splitlines()[-5:]),
+                host=self.host.name,
+                hint="the rollout stopped here; fix the service, then run pkiform apply again")
+        words = out.split()
+        if status != 0 or len(words) != 4:
+            lines = out.splitlines() or [err.strip() or f"exit status {status}"]
+            raise self._unit_error(unit, lines[0], lines[1:])
+        invocation, restarts, active_cs, healthy_cs = words
+        detail = f"{verb}ed, active after {int(active_cs) / 100:.1f}s"
+        if healthy_cs != "-":
+            detail += f", healthy after {int(healthy_cs) / 100:.1f}s"
+        window = settle_window(settle, health is not None)
+        if invocation != "done" and window > 0:
+            self._settle(unit, verb, invocation, restarts, window)
+            detail += f", up for {window:g}s"
         return RestartOutcome(True, detail)
 
     def _settle(self, unit: str, verb: str, invocation: str, restarts: str,

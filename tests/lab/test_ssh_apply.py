@@ -812,9 +812,36 @@ def test_restart_outcomes_seen_by_the_transport(lab: Lab, tmp_path: Path) -> Non
                                       timeout=10)
         assert "No such file or directory" in str(excinfo.value)
         host.run("touch /run/pkiform-healthy")
+        started = time.monotonic()
         outcome = transport.restart_service("pkiform-fine.service", reload=False,
                                             health=health, timeout=10)
-        assert "healthy after" in outcome.detail
+        assert "healthy after" in outcome.detail and "up for" not in outcome.detail
+        # the health check is the gate: no settle window after it unless one is asked for
+        assert time.monotonic() - started < 0.9, outcome.detail
         assert unit_props(host, ["pkiform-fine"], ["MainPID"])["pkiform-fine"]["MainPID"] != pid
+
+        # A unit that dies while its health check is still failing fails at once (with its
+        # journal), not after the health timeout.
+        never = HealthCheck(command="false", timeout=30)
+        started = time.monotonic()
+        with pytest.raises(ServiceError, match="went down again while waiting for its "
+                           "health check") as excinfo:
+            transport.restart_service("pkiform-flaky.service", reload=False, health=never,
+                                      timeout=10)
+        assert "status=3/NOTIMPLEMENTED" in str(excinfo.value)
+        assert time.monotonic() - started < 10
+        # A check that passes on the process systemd restarted after a crash is not enough:
+        # the unit must still be the invocation that became active.
+        slow = HealthCheck(command="sleep 0.5", timeout=10)
+        with pytest.raises(ServiceError, match="went down again") as excinfo:
+            transport.restart_service("pkiform-looping.service", reload=False, health=slow,
+                                      timeout=10)
+        assert "NRestarts" in str(excinfo.value) or "status=3" in str(excinfo.value)
+        host.run("systemctl stop pkiform-looping.service")
+        # settle_seconds still applies after a passing health check (minReadySeconds)
+        with pytest.raises(ServiceError, match="went down again within"):
+            transport.restart_service("pkiform-late.service", reload=False,
+                                      health=HealthCheck(command="true", timeout=5),
+                                      timeout=10, settle=6)
     finally:
         transport.close()
