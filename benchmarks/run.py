@@ -60,16 +60,27 @@ REPLACE_TARGET = "ca.kubernetes"
 LAB_UNITS_CP = ("etcd.service", "kube-apiserver.service", "kube-controller-manager.service",
                 "kube-scheduler.service", "kubelet.service")
 LAB_UNITS_WORKER = ("kubelet.service",)
+# The lab's stand-ins for the control-plane components and the kubelet: a TLS server on the
+# component's own port that answers /healthz (openssl s_server, a C program that starts in
+# ~10 ms), so a restart is gated by a real health check as on a real cluster. The preset's
+# checks dial 127.0.0.1; the lab hosts share one network, so each fake listens on its host's
+# own 127.0.1.N and the benchmark declares the same kind of check against that address.
+FAKE_PORTS = {"etcd": 2379, "kube-apiserver": 6443, "kube-controller-manager": 10257,
+              "kube-scheduler": 10259, "kubelet": 10248}
+FAKE_DIR = "/var/lib/pkiform-bench"  # outside /etc/kubernetes, which every repetition drops
 FAKE_UNIT = """\
 [Unit]
-Description=fake {name} for the pkiform deploy benchmark
+Description=fake {name} for the pkiform deploy benchmark (serves /healthz over TLS)
 
 [Service]
-ExecStart=/bin/sleep infinity
+WorkingDirectory={fake_dir}
+ExecStart=/usr/bin/openssl s_server -quiet -WWW -accept {address}:{port} \
+  -cert {fake_dir}/fake.crt -key {fake_dir}/fake.key
 
 [Install]
 WantedBy=multi-user.target
 """
+FAKE_HEALTH = "curl -fsSk --max-time 5 https://{{host.address}}:{port}/healthz"
 GOALS = {
     "plan_noop_s": 2.0,
     "plan_noop_growth_500_5000": 11.0,
@@ -450,9 +461,15 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
         units = {name: LAB_UNITS_CP if name in control else LAB_UNITS_WORKER for name in names}
 
         def install(host: Any) -> None:
+            host.run(f"set -e; umask 077; mkdir -p {FAKE_DIR}; cd {FAKE_DIR}; echo ok > healthz; "
+                     "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                     "-keyout fake.key -out fake.crt -days 2 -subj /CN=pkiform-bench-fake "
+                     "2>/dev/null")
             for unit in units[host.name]:
-                host.install_unit(unit, FAKE_UNIT.format(name=unit.removesuffix(".service")),
-                                  enable=True, start=True)
+                name = unit.removesuffix(".service")
+                host.install_unit(unit, FAKE_UNIT.format(
+                    name=name, address=host.address, port=FAKE_PORTS[name],
+                    fake_dir=FAKE_DIR), enable=True, start=True)
 
         with cf.ThreadPoolExecutor(len(lab.hosts)) as pool:
             list(pool.map(install, lab.hosts))
@@ -464,7 +481,9 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
         (directory / "pkiform.toml").write_text(render(
             hosts, key="ecdsa-p256", ssh={h.name: h.address for h in lab.hosts},
             identity_file=str(lab.key_path), known_hosts=str(lab.known_hosts_path),
-            health_checks=False, parallelism=max(10, hosts)))
+            health_checks=False, parallelism=max(10, hosts),
+            services={name: {"health_command": FAKE_HEALTH.format(port=port)}
+                      for name, port in FAKE_PORTS.items()}))
         elapsed, _, _ = measure(pkiform_argv(directory, "apply", "--auto-approve"), env=env)
         log(f"deploy: first apply (not measured) {elapsed:.1f}s")
 
