@@ -35,7 +35,8 @@ Resources (names follow the seed's file names):
   ``kubeconfig.node`` per node.
 - ``secret.encryption-key`` rendered as ``encryption-config.yaml``.
 - services: etcd, kube-apiserver (both ``max_unavailable = 1``), kube-controller-manager,
-  kube-scheduler on control nodes; kubelet and kube-proxy on every node.
+  kube-scheduler on control nodes; kubelet and kube-proxy on every node. Each restart is gated
+  by the component's own health endpoint as the guide's units serve it (``*_HEALTH`` below).
 
 Deviations from the seed, and why:
 - Files are written where the components read them (chapters 05/06), not to ``~ubuntu`` as
@@ -101,6 +102,30 @@ UNITS = {
     "kubelet": "kubelet.service",
     "kube-proxy": "kube-proxy.service",
 }
+# Health checks: a restart counts as done once the unit answers again (rolling restarts of etcd
+# and the apiserver wait for it before the next control VM). Endpoints as the guide's units
+# leave them (chapters 05/06 of ghik/kubernetes-the-harder-way):
+# - etcd, kube-apiserver: the checks chapter 05 itself runs (etcdctl with the /etc/etcd files
+#   against https://127.0.0.1:2379; curl --cacert ca.pem https://127.0.0.1:6443/healthz, the
+#   same /healthz ldirectord polls for the virtual IP);
+# - kube-controller-manager (--bind-address=0.0.0.0, no --secure-port) and kube-scheduler
+#   (--config without a bind address): their default secure ports 10257 / 10259 with a
+#   self-signed in-memory cert (no --tls-cert-file is given), hence -k; /healthz is one of
+#   their --authorization-always-allow-paths;
+# - kubelet: kubelet-config.yaml sets no healthzBindAddress/healthzPort, so the kubelet's
+#   defaults 127.0.0.1:10248 (plain HTTP);
+# - kube-proxy: kube-proxy-config.yaml sets no healthzBindAddress, so 0.0.0.0:10256 (plain
+#   HTTP, pkg/cluster/ports ProxyHealthzPort).
+ETCD_HEALTH = (
+    "ETCDCTL_API=3 etcdctl endpoint health --endpoints=https://127.0.0.1:2379 "
+    f"--cacert={ETCD_DIR}/ca.pem --cert={ETCD_DIR}/kubernetes.pem "
+    f"--key={ETCD_DIR}/kubernetes-key.pem")
+APISERVER_HEALTH = (f"curl -fsS --max-time 5 --cacert {K8S_DIR}/ca.pem "
+                    "https://127.0.0.1:6443/healthz")
+CONTROLLER_MANAGER_HEALTH = "curl -fsSk --max-time 5 https://127.0.0.1:10257/healthz"
+SCHEDULER_HEALTH = "curl -fsSk --max-time 5 https://127.0.0.1:10259/healthz"
+KUBELET_HEALTH = "curl -fsS --max-time 5 http://127.0.0.1:10248/healthz"
+PROXY_HEALTH = "curl -fsS --max-time 5 http://127.0.0.1:10256/healthz"
 # The seed's cfssl "kubernetes" profile: every leaf may serve and authenticate.
 EKU = ["server_auth", "client_auth"]
 CA_NOTES = {
@@ -319,31 +344,29 @@ def expand(raw: Mapping[str, Any], hosts: Mapping[str, Host], *, file: str) -> E
                 source, content, **owner)
 
     if params["services"]:
-        etcd_health = (
-            "ETCDCTL_API=3 etcdctl endpoint health --endpoints=https://127.0.0.1:2379 "
-            f"--cacert={ETCD_DIR}/ca.pem --cert={ETCD_DIR}/kubernetes.pem "
-            f"--key={ETCD_DIR}/kubernetes-key.pem")
         resources["service"] = {
             "etcd": {**cp, "unit": units["etcd"], "max_unavailable": 1,
-                     "health_command": etcd_health,
+                     "health_command": ETCD_HEALTH,
                      "uses": ["file.etcd-ca", "file.etcd-cert", "file.etcd-key"]},
             "kube-apiserver": {
                 **cp, "unit": units["kube-apiserver"], "max_unavailable": 1,
-                "health_command": f"curl -fsS --cacert {K8S_DIR}/ca.pem "
-                                  "https://127.0.0.1:6443/healthz",
+                "health_command": APISERVER_HEALTH,
                 "uses": ["file.ca", "file.kubernetes", "file.kubernetes-key",
                          "file.service-account", "file.service-account-key",
                          "file.encryption-config"]},
             "kube-controller-manager": {
                 **cp, "unit": units["kube-controller-manager"],
+                "health_command": CONTROLLER_MANAGER_HEALTH,
                 "uses": ["file.kube-controller-manager-kubeconfig", "file.ca", "file.ca-key",
                          "file.service-account-key"]},
             "kube-scheduler": {**cp, "unit": units["kube-scheduler"],
+                               "health_command": SCHEDULER_HEALTH,
                                "uses": ["file.kube-scheduler-kubeconfig"]},
-            "kubelet": {**everyone, "unit": units["kubelet"],
+            "kubelet": {**everyone, "unit": units["kubelet"], "health_command": KUBELET_HEALTH,
                         "uses": ["file.ca", "file.node", "file.node-key",
                                  "file.node-kubeconfig"]},
             "kube-proxy": {**everyone, "unit": units["kube-proxy"],
+                           "health_command": PROXY_HEALTH,
                            "uses": ["file.kube-proxy-kubeconfig"]},
         }
 

@@ -37,14 +37,27 @@ DEFAULTS: Mapping[str, Any] = {
     "units": {},
     "health_checks": True,
 }
-# Rolling restarts wait for these before touching the next host (etcd: quorum; apiserver:
-# the load balancer must have a healthy backend).
+# Health checks (``health_checks = false`` drops them all): a restart counts as done once the
+# unit passes its check, and rolling restarts wait for it before touching the next host (etcd:
+# quorum; apiserver: the load balancer must have a healthy backend).
 ETCD_HEALTH = (
     "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/"
     "ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/"
     "etcd/healthcheck-client.key endpoint health"
 )
 APISERVER_HEALTH = "curl -fsSk --max-time 5 https://127.0.0.1:{port}/livez"
+# Every other unit is gated by the endpoint kubeadm itself checks the component with:
+# - kube-controller-manager / kube-scheduler: their static pods' liveness probes
+#   (cmd/kubeadm/app/phases/controlplane/manifests.go: HTTPS GET /healthz on
+#   constants.KubeControllerManagerPort = 10257 / KubeSchedulerPort = 10259, at the
+#   --bind-address kubeadm gives them, 127.0.0.1). They serve a self-signed in-memory cert
+#   (kubeadm passes no --tls-cert-file), hence -k; /healthz is an always-allowed path.
+# - kubelet: kubeadm's kubelet-check (util/apiclient/wait.go WaitForKubelet: plain HTTP GET
+#   /healthz) on the healthzBindAddress / healthzPort kubeadm defaults in the kubelet's
+#   config (componentconfigs/kubelet.go: 127.0.0.1, constants.KubeletHealthzPort = 10248).
+CONTROLLER_MANAGER_HEALTH = "curl -fsSk --max-time 5 https://127.0.0.1:10257/healthz"
+SCHEDULER_HEALTH = "curl -fsSk --max-time 5 https://127.0.0.1:10259/healthz"
+KUBELET_HEALTH = "curl -fsS --max-time 5 http://127.0.0.1:10248/healthz"
 UNITS = {
     "etcd": "etcd.service",
     "kube-apiserver": "kube-apiserver.service",
@@ -260,12 +273,13 @@ def expand(raw: Mapping[str, Any], hosts: Mapping[str, Host], *, file: str) -> E
                 "file.front-proxy-client-key", "file.etcd-ca-crt",
                 "file.apiserver-etcd-client-crt", "file.apiserver-etcd-client-key",
                 "file.sa-pub", "file.sa-key"]},
-            "kube-controller-manager": {**cp, "unit": units["kube-controller-manager"], "uses": [
+            "kube-controller-manager": {**cp, "unit": units["kube-controller-manager"],
+                                        **health(CONTROLLER_MANAGER_HEALTH), "uses": [
                 "file.controller-manager-conf", "file.ca-crt", "file.ca-key",
                 "file.front-proxy-ca-crt", "file.sa-key"]},
             "kube-scheduler": {**cp, "unit": units["kube-scheduler"],
-                               "uses": ["file.scheduler-conf"]},
-            "kubelet": {**everyone, "unit": units["kubelet"],
+                               **health(SCHEDULER_HEALTH), "uses": ["file.scheduler-conf"]},
+            "kubelet": {**everyone, "unit": units["kubelet"], **health(KUBELET_HEALTH),
                         "uses": ["file.kubelet-conf", "file.ca-crt"]},
         }
 

@@ -1110,3 +1110,41 @@ SEED_001_VS_CODE: list[dict[str, str]] = [
     {"topic": "validity", "seed": "openssl x509 -req without -days (30 days)",
      "code": "leaves 365 days, CAs 3650 days"},
 ]
+
+# ---------------------------------------------------------------------------------------
+# Health endpoints: where kubeadm itself asks whether each component is alive
+# ---------------------------------------------------------------------------------------
+# cmd/kubeadm/app/phases/controlplane/manifests.go @ ad7cb45bb24a21d7f391c10985d0af850471f426
+# (GetStaticPodSpecs):
+#   kube-apiserver           LivenessProbe(GetAPIServerProbeAddress(endpoint), "/livez",
+#                                          endpoint.BindPort, HTTPS)
+#   kube-controller-manager  LivenessProbe(GetControllerManagerProbeAddress(cfg), "/healthz",
+#                                          constants.KubeControllerManagerPort, HTTPS)
+#   kube-scheduler           LivenessProbe(GetSchedulerProbeAddress(cfg), "/healthz",
+#                                          constants.KubeSchedulerPort, HTTPS)
+#   The probe address is the advertise address for the apiserver (it binds 0.0.0.0, so
+#   127.0.0.1 answers the same) and the --bind-address kubeadm sets for the other two
+#   (127.0.0.1). Older kubeadm (v1.8-era manifests.go) probed 10252/10251 over plain HTTP:
+#   the insecure ports were removed in v1.20+/v1.23.
+# cmd/kubeadm/app/constants/constants.go @ 3301161c36ac9c27854a7b4636139d4ebde43e72:
+#   KubeSchedulerPort = 10259, KubeControllerManagerPort = 10257, KubeletHealthzPort = 10248.
+# cmd/kubeadm/app/componentconfigs/kubelet.go (Default): healthzBindAddress "127.0.0.1",
+#   healthzPort constants.KubeletHealthzPort ("Serve a /healthz webserver on localhost:10248
+#   that kubeadm can talk to"); util/apiclient/wait.go WaitForKubelet polls
+#   "http://%s:%d/healthz" there (the kubelet is a systemd unit, not a static pod: this is
+#   kubeadm's kubelet-check, not a liveness probe).
+# cmd/kubeadm/app/phases/etcd/local.go: etcd's liveness probe is plain HTTP on the metrics
+#   listener, http://127.0.0.1:2381/livez (--listen-metrics-urls). The preset checks etcd with
+#   `etcdctl endpoint health` over TLS with etcd/healthcheck-client instead: stronger (it
+#   needs the served cert to verify against the deployed etcd CA), see HEALTH_CHECK_DEVIATIONS.
+HEALTH_ENDPOINTS: dict[str, str] = {
+    "etcd": "http://127.0.0.1:2381/livez",
+    "kube-apiserver": "https://127.0.0.1:{bind_port}/livez",
+    "kube-controller-manager": "https://127.0.0.1:10257/healthz",
+    "kube-scheduler": "https://127.0.0.1:10259/healthz",
+    "kubelet": "http://127.0.0.1:10248/healthz",
+}
+HEALTH_CHECK_DEVIATIONS: dict[str, str] = {
+    "etcd": "etcdctl endpoint health against https://127.0.0.1:2379 with etcd/ca.crt and "
+            "etcd/healthcheck-client.{crt,key} (kubeadm's own etcd client credential)",
+}
