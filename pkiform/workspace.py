@@ -14,12 +14,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pkiform.address import Address
 from pkiform.apply import Applier, ApplyResult, Hook, KeySource, check_plan_current
 from pkiform.config import load_config
-from pkiform.errors import ConfigError, TransportError
+from pkiform.errors import ConfigError, PkiformError, TransportError
 from pkiform.model import Config, Host
 from pkiform.plan import Plan, make_plan
 from pkiform.provider import Observation, Registry
@@ -43,6 +43,22 @@ def default_presets() -> dict[str, Any]:
     from pkiform.presets import builtin_presets
 
     return builtin_presets()
+
+
+def unreachable(errors: Mapping[str, BaseException]) -> BaseException:
+    """One error for the hosts a refresh could not read: the host's own error when only one
+    failed (or one failed with something that is not pkiform's), else a TransportError
+    listing every host, in host order, with its reason and the distinct fixes."""
+    names = sorted(errors)
+    odd = [name for name in names if not isinstance(errors[name], PkiformError)]
+    if len(names) == 1 or odd:
+        return errors[odd[0] if odd else names[0]]
+    reasons = [cast(PkiformError, errors[name]) for name in names]
+    lines = [f"  {reason.message}" for reason in reasons]
+    hints = list(dict.fromkeys(reason.hint for reason in reasons if reason.hint))
+    return TransportError(
+        f"cannot read {len(names)} hosts ({', '.join(names)}):\n" + "\n".join(lines),
+        hint="; ".join(hints) or "check the hosts, then plan again")
 
 
 class Workspace:
@@ -146,8 +162,8 @@ class Workspace:
                     results[name] = futures[name].result() if name in futures else read(name)
                 except Exception as exc:
                     errors[name] = exc
-        if errors:  # all hosts were tried; report the first in host order
-            raise errors[min(errors)]
+        if errors:  # all hosts were tried: say which failed, each with its reason
+            raise unreachable(errors)
 
         observations: dict[Address, Observation] = {}
         for name in names:
