@@ -311,8 +311,16 @@ class Cli:
                 f"failed, {skipped} skipped in {result.duration:.1f}s "
                 f"(state serial {result.state.serial}).")
         self.out.write(self.style.bold(line) + "\n")
+        # One line per distinct error: a host that went down fails each of its steps with the
+        # same words, which would otherwise repeat once per file.
+        failed_by_reason: dict[str, list[str]] = {}
         for change, reason in result.failed:
-            self.err.write(f"Error: {change.address}: {reason}\n")
+            failed_by_reason.setdefault(str(reason), []).append(str(change.address))
+        for reason, addresses in failed_by_reason.items():
+            shown = ", ".join(addresses[:3])
+            if len(addresses) > 3:
+                shown += f" and {len(addresses) - 3} more"
+            self.err.write(f"Error: {shown}: {reason}\n")
         if not result.ok:
             self.err.write("Run `pkiform apply` again to finish: completed steps are kept.\n")
             return EXIT_ERROR
