@@ -432,6 +432,21 @@ def log_timeline(timeline: dict[str, Any]) -> None:
             for r in members))
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: all but idle and
+    iowait). The deploy's work runs in the lab hosts' processes, not only in the measured one."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_busy(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """``measure``, but (wall seconds, machine CPU seconds meanwhile, output text)."""
+    before = machine_busy_seconds()
+    elapsed, _, text = measure(argv, env=env)
+    return elapsed, machine_busy_seconds() - before, text
+
+
 def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
     """pkiform redeploy vs scp loops on ``hosts`` lab hosts (tests/lab/hosts.py)."""
     sys.path.insert(0, str(ROOT))
@@ -528,10 +543,12 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
                                 *(arg for s in services for arg in ("--replace", f"service.{s}")))
         expected_restarts = sum(len(us) for us in units.values())
         pk_s, seq_s, par_s, load = [], [], [], []
+        cpu: dict[str, list[float]] = {"pkiform": [], "sequential": [], "parallel_scp": []}
         for rep in range(1, repeat + 1):
             load.append(round(os.getloadavg()[0], 2))  # a shared machine: say how busy
             drop_files()
-            elapsed, _, text = measure(redeploy, env=env)
+            elapsed, busy, text = measure_busy(redeploy, env)
+            cpu["pkiform"].append(round(busy, 2))
             restarts = sum(1 for line in text.splitlines()
                            if line.startswith("✓") and " service." in line)
             if restarts < expected_restarts:
@@ -540,13 +557,17 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
             done = next((line for line in text.splitlines() if line.startswith("Apply")), "")
             pk_s.append(elapsed)
             drop_files()
-            seq, _, _ = measure(sequential, env=env)
+            seq, busy, _ = measure_busy(sequential, env)
             seq_s.append(seq)
+            cpu["sequential"].append(round(busy, 2))
             drop_files()
-            par, _, _ = measure(parallel, env=env)
+            par, busy, _ = measure_busy(parallel, env)
             par_s.append(par)
+            cpu["parallel_scp"].append(round(busy, 2))
             log(f"deploy {rep}/{repeat}: pkiform {elapsed:.2f}s ({done}); sequential scp "
-                f"{seq:.2f}s; parallel scp {par:.2f}s (load average {load[-1]:.2f})")
+                f"{seq:.2f}s; parallel scp {par:.2f}s (load average {load[-1]:.2f}; machine "
+                f"CPU s: {cpu['pkiform'][-1]}, {cpu['sequential'][-1]}, "
+                f"{cpu['parallel_scp'][-1]})")
         drop_files()
         timeline: dict[str, Any] | None = None
         try:
@@ -563,8 +584,10 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str]) ->
             "pkiform_s": pk, "sequential_s": seq,
             "parallel_scp_s": par, "speedup_vs_sequential": seq / pk,
             "over_parallel_scp": pk / par,
+            "machine_cpu_s": {name: median(values) for name, values in cpu.items()},
             "samples": {"pkiform_s": pk_s, "sequential_s": seq_s, "parallel_scp_s": par_s,
-                        "loadavg_1m": load},
+                        "loadavg_1m": load,
+                        **{f"machine_cpu_{name}_s": values for name, values in cpu.items()}},
             "timeline": timeline}
 
 

@@ -492,6 +492,20 @@ class Applier:
             max_workers=self.parallelism, thread_name_prefix="pkiform-apply")
         running = 0
         parked = 0
+        # A host runs at most as many steps at once as its transport says it can use (its
+        # ``max_concurrent_steps``; SSH: a few per session): the rest wait here, in priority
+        # order, instead of queueing in the transport in whatever order their threads
+        # arrive, and taking threads other hosts could use.
+        host_cap: dict[str, int | None] = {}
+        on_host: dict[str, int] = defaultdict(int)
+        held: dict[str, list[tuple[int, int]]] = defaultdict(list)
+
+        def cap_of(name: str) -> int | None:
+            if name not in host_cap:
+                host = self.plan.hosts.get(name)
+                host_cap[name] = None if host is None else getattr(
+                    self.transport(host), "max_concurrent_steps", None)
+            return host_cap[name]
 
         def finish(i: int, began: float, outcome: Any, error: BaseException | None) -> None:
             change = ordered[i]
@@ -585,6 +599,13 @@ class Applier:
                                 future.add_done_callback(
                                     lambda _f, i=i: notices.put(("key", i, None)))
                             continue
+                    host = ordered[i].host
+                    if host is not None and not inline:
+                        cap = cap_of(host)
+                        if cap is not None and on_host[host] >= cap:
+                            heapq.heappush(held[host], (priority[i], i))
+                            continue
+                        on_host[host] += 1
                     launch(i)
                 if not running and not parked:
                     break
@@ -598,6 +619,14 @@ class Applier:
                             heapq.heappush(ready, (priority[i], i))
                     else:
                         running -= 1
+                        host = ordered[i].host
+                        if host is not None and host in on_host:
+                            on_host[host] -= 1
+                            while held[host]:  # its slot goes to the best that still runs
+                                item = heapq.heappop(held[host])
+                                if not settled[item[1]]:
+                                    heapq.heappush(ready, item)
+                                    break
                         began, future = payload
                         error = future.exception()
                         finish(i, began, None if error else future.result(), error)

@@ -11,13 +11,16 @@ The only module of pkiform that imports fabric (and paramiko).
   host that cannot be reached is tried once per run: its further steps fail at once with
   the same error (until ``close()``). TCP_NODELAY is set: a command is a few small packets
   each way, which Nagle's algorithm and delayed ACKs would hold back ~40 ms each.
-* Writes are atomic on the host: ``mktemp`` in the target's own directory (unpredictable name,
-  never /tmp), content streamed over stdin (never on a command line, where ``ps`` would show a
-  key) and checked against its length and SHA-256 before use (a cut connection ends stdin
-  early: a truncated file must never be renamed into place), owner/mode set, fsync'd, then
-  renamed over the target. The file it replaces is kept as ``<path>.pkiform-backup`` (one
-  generation, hard link, same mode) for manual rollback. A symlink, directory or other
-  non-regular file at the target path is refused.
+* Writes are atomic on the host, each file on its own: a temp file in the target's own
+  directory (a random name from pkiform, created 0600 with O_EXCL, never /tmp), content
+  streamed over stdin (never on a command line, where ``ps`` would show a key) and checked
+  against its length and SHA-256 before use (a cut connection ends stdin early: a truncated
+  file must never be renamed into place), owner/mode set, fsync'd, then renamed over the
+  target. The file it replaces is kept as ``<path>.pkiform-backup`` (one generation, hard
+  link, same mode) for manual rollback. A symlink, directory or other non-regular file at
+  the target path is refused. Writes that wait for a session are carried together: the
+  caller that gets one next sends every upload queued by then in one command (a round trip
+  and a few processes for many files), and each caller gets its own file's outcome.
 * Restarts: one round trip runs ``systemctl restart|reload`` (a unit that is not loaded, or a
   failed job, fails at once), waits until the unit is active and, if the service has a health
   check, until the check passes — the gate, as a readiness probe is in Kubernetes — and the
@@ -34,13 +37,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import shlex
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import attrs
 import paramiko
 from fabric import Connection
 
@@ -63,7 +68,61 @@ MAX_SESSIONS = 4
 # members restart one after another); a configured health check is the stronger gate.
 SETTLE_POLL = 0.25
 
+# Uploads carried by one command at most: its command line (7 arguments a file) stays far
+# below ARG_MAX, and a batch's contents stay small enough to hold in memory.
+UPLOAD_BATCH_FILES = 64
+UPLOAD_BATCH_BYTES = 8 << 20
+
 _WIRE_LOGGER = "pkiform.transport.ssh.wire"
+
+
+class _Sessions:
+    """The sessions of one connection, as a counter a waiter can also stop waiting on: an
+    upload that another caller took into its command needs no session of its own."""
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._changed = threading.Condition()
+
+    def acquire(self, give_up: Callable[[], bool] | None = None) -> bool:
+        """Take a session; False (none taken) as soon as ``give_up()`` is true instead."""
+        with self._changed:
+            while self._free == 0:
+                if give_up is not None and give_up():
+                    return False
+                self._changed.wait()
+            self._free -= 1
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self._free += 1
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        """Let waiters look at their ``give_up`` again."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@attrs.define(eq=False)
+class _Upload:
+    """A file waiting for a session; whichever caller gets one carries it (see write_file)."""
+
+    path: str
+    content: bytes = attrs.field(repr=False)
+    mode: str  # "0644"
+    owner_spec: str  # "user:group", "user" or "" (leave as is)
+    backup: bool
+    taken: bool = False  # into some caller's command
+    finished: threading.Event = attrs.field(factory=threading.Event)
+    error: BaseException | None = None
 
 
 class _DropRefusedChannels(logging.Filter):
@@ -73,43 +132,96 @@ class _DropRefusedChannels(logging.Filter):
 
 logging.getLogger(_WIRE_LOGGER).addFilter(_DropRefusedChannels())
 
-# Few processes per file (a host under load spends its time forking): the directory from
-# the path itself, mktemp's file is already 0600, and the SHA-256 of the upload is checked
-# first (a complete upload matches it, so its size too; the size is reported on a mismatch).
+# Uploads, several files per round trip (a host under load spends its time forking and in
+# sshd's per-session setup, once per command). Arguments: 7 per file (target, mode, owner,
+# size, SHA-256, backup 1/0, temp name); stdin: the contents, one after another. Each file
+# is atomic on its own: received into a fresh temp file beside its target (the name is
+# random, from pkiform; created 0600 with O_EXCL), checked against its SHA-256 (a complete
+# upload matches it, so its size too; the size is reported on a mismatch), owner/mode set,
+# fsync'd, renamed over the target, directory fsync'd. One line per file on stdout: "N ok"
+# or "N CODE message" (40 symlink, 44 not a regular file, 43 incomplete, 1 other).
 _WRITE_SCRIPT = r"""
-set -eu
+set -u
 umask 022
-target=$1 mode=$2 owner=$3 size=$4 sha=$5 backup=${6:-1}
-dir=${target%/*}
-dir=${dir:-/}
-[ -d "$dir" ] || mkdir -p -m 0755 -- "$dir"
-if [ -L "$target" ]; then echo "pkiform: refusing to write through symlink $target" >&2; exit 40; fi
-if [ -e "$target" ] && [ ! -f "$target" ]; then
-  echo "pkiform: $target exists and is not a regular file" >&2; exit 44
-fi
-tmp=$(mktemp -- "$dir/.pkiform.XXXXXXXXXX")
-trap 'rm -f -- "$tmp"' EXIT
+n=0 temps=
+cleanup() {
+  printf '%s' "$temps" | while IFS= read -r t; do [ -n "$t" ] && rm -f -- "$t"; done
+}
+trap cleanup EXIT
 trap 'exit 129' HUP INT TERM PIPE
-cat > "$tmp"
-got=$(sha256sum < "$tmp")
-if [ "${got%% *}" != "$sha" ]; then
-  got=$(wc -c < "$tmp")
-  if [ "$got" -ne "$size" ]; then
-    echo "pkiform: received $got of $size bytes for $target; left unchanged" >&2; exit 43
+note() { eval "why_$n=\$1"; }
+while [ $# -ge 7 ]; do
+  n=$((n + 1))
+  target=$1 mode=$2 owner=$3 size=$4 sha=$5 backup=$6 tmp=${7:-}; shift 7
+  dir=${target%/*}; dir=${dir:-/}; tmp=$dir/$tmp
+  eval "target_$n=\$target mode_$n=\$mode owner_$n=\$owner size_$n=\$size sha_$n=\$sha"
+  eval "backup_$n=\$backup dir_$n=\$dir tmp_$n= why_$n="
+  if [ -L "$target" ]; then note "40 refusing to write through symlink $target"
+  elif [ -e "$target" ] && [ ! -f "$target" ]; then
+    note "44 $target exists and is not a regular file"
+  elif [ ! -d "$dir" ] && ! msg=$(mkdir -p -m 0755 -- "$dir" 2>&1); then note "1 $msg"
+  elif ! { umask 077; set -C; true > "$tmp"; } 2>/dev/null; then
+    set +C; umask 022
+    if [ -w "$dir" ]; then note "1 cannot create a temporary file in $dir"
+    else note "1 cannot create a temporary file in $dir: Permission denied"; fi
+  else
+    set +C; umask 022
+    eval "tmp_$n=\$tmp"
+    temps="$temps$tmp
+"
   fi
-  echo "pkiform: content for $target arrived corrupted; left unchanged" >&2; exit 43
-fi
-if [ -n "$owner" ]; then chown -- "$owner" "$tmp"; fi
-chmod -- "$mode" "$tmp"
-sync -- "$tmp"
-if [ "$backup" = 1 ] && [ -f "$target" ] && [ ! -L "$target" ]; then
-  ln -f -- "$target" "$target.pkiform-backup"
-elif [ -e "$target.pkiform-backup" ] || [ -L "$target.pkiform-backup" ]; then
-  rm -f -- "$target.pkiform-backup"  # never keep an old private key lying around
-fi
-mv -f -T -- "$tmp" "$target"
-trap - EXIT
-sync -- "$dir"
+  eval "tmp=\$tmp_$n"
+  if [ -n "$tmp" ]; then head -c "$size" >> "$tmp"
+  else head -c "$size" > /dev/null; fi  # its bytes are in the stream all the same
+done
+set --
+i=0; while [ $i -lt $n ]; do
+  i=$((i + 1)); eval "tmp=\$tmp_$i"; [ -n "$tmp" ] && set -- "$@" "$tmp"
+done
+sums=
+[ $# -gt 0 ] && sums=$(sha256sum -- "$@" 2>&1)
+exec 3<<SUMS
+$sums
+SUMS
+set --
+i=0; while [ $i -lt $n ]; do
+  i=$((i + 1)); eval "tmp=\$tmp_$i sha=\$sha_$i size=\$size_$i target=\$target_$i"
+  eval "mode=\$mode_$i owner=\$owner_$i"
+  [ -n "$tmp" ] || continue
+  read -r got _ <&3 || got=
+  if [ "${got#\\}" != "$sha" ]; then
+    got=$(wc -c < "$tmp")
+    if [ "$got" -ne "$size" ]; then
+      eval "why_$i=\"43 received \$got of \$size bytes for \$target; left unchanged\""
+    else eval "why_$i=\"43 content for \$target arrived corrupted; left unchanged\""; fi
+    eval "tmp_$i="; rm -f -- "$tmp"; continue
+  fi
+  if [ -n "$owner" ] && ! msg=$(chown -- "$owner" "$tmp" 2>&1); then
+    eval "why_$i=\"1 \$msg\" tmp_$i="; rm -f -- "$tmp"; continue
+  fi
+  if [ "$mode" != 0600 ] && ! msg=$(chmod -- "$mode" "$tmp" 2>&1); then
+    eval "why_$i=\"1 \$msg\" tmp_$i="; rm -f -- "$tmp"; continue
+  fi
+  set -- "$@" "$tmp"
+done
+exec 3<&-
+[ $# -gt 0 ] && sync -- "$@"
+set --
+i=0; while [ $i -lt $n ]; do
+  i=$((i + 1)); eval "tmp=\$tmp_$i why=\$why_$i target=\$target_$i backup=\$backup_$i"
+  if [ -z "$tmp" ]; then echo "$i ${why:-1 not written}"; continue; fi
+  if [ "$backup" = 1 ] && [ -f "$target" ] && [ ! -L "$target" ]; then
+    ln -f -- "$target" "$target.pkiform-backup"
+  elif [ -e "$target.pkiform-backup" ] || [ -L "$target.pkiform-backup" ]; then
+    rm -f -- "$target.pkiform-backup"  # never keep an old private key lying around
+  fi
+  if msg=$(mv -f -T -- "$tmp" "$target" 2>&1); then
+    echo "$i ok"; eval "set -- \"\$@\" \"\$dir_$i\""
+  else echo "$i 1 $msg"; rm -f -- "$tmp"; fi
+done
+temps=
+[ $# -gt 0 ] && sync -- "$@"
+exit 0
 """
 
 _READ_SCRIPT = r"""
@@ -229,7 +341,13 @@ class SshTransport:
         self._connection: Connection | None = None
         self._connect_error: TransportError | None = None
         self._lock = threading.Lock()
-        self._sessions = threading.BoundedSemaphore(max(1, max_sessions))
+        self._sessions = _Sessions(max(1, max_sessions))
+        self._uploads: list[_Upload] = []
+        self._uploads_lock = threading.Lock()
+        # For the apply's scheduler: steps beyond the sessions wait in the transport, where
+        # the uploads among them are carried together (one command for many files); more
+        # than twice the sessions would only take threads that other hosts could use.
+        self.max_concurrent_steps = 2 * max(1, max_sessions)
 
     # -- connection ------------------------------------------------------------------------
 
@@ -421,38 +539,44 @@ class SshTransport:
     def _exec(self, script: str, args: Sequence[str] = (), *, stdin: bytes | None = None,
               timeout: float | None = None) -> tuple[int, str, str]:
         """Run ``sh -c script`` (under sudo if configured); returns (status, stdout, stderr)."""
+        with self._sessions:
+            return self._exec_in_session(script, args, stdin=stdin, timeout=timeout)
+
+    def _exec_in_session(self, script: str, args: Sequence[str] = (), *,
+                         stdin: bytes | None = None, timeout: float | None = None
+                         ) -> tuple[int, str, str]:
+        """`_exec` for a caller that holds one of ``self._sessions``."""
         command = "sh -c " + shlex.quote(script) + " pkiform " + " ".join(
             shlex.quote(a) for a in args)
         if self.host.sudo:
             command = "sudo -n " + command
         timeout = timeout or self.command_timeout
-        with self._sessions:
-            connection, channel = self._channel(timeout)
-            try:
-                channel.settimeout(timeout)
-                channel.exec_command(command)
-                if stdin is not None:
-                    try:
-                        channel.sendall(stdin)
-                    except OSError:
-                        pass  # the command exited early; its status says why
-                channel.shutdown_write()
-                out = channel.makefile("rb").read().decode(errors="replace")
-                err = channel.makefile_stderr("rb").read().decode(errors="replace")
-                status = channel.recv_exit_status()
-            except TimeoutError:
-                raise TransportError(
-                    f"no answer within {timeout:.0f}s", host=self.host.name,
-                    hint="the host or the command hangs; check the host, then run pkiform "
-                    "apply again") from None
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                if not self._alive(connection):
-                    raise self._lost(connection, str(exc) or type(exc).__name__) from None
-                raise TransportError(f"the command's channel failed ({exc})",
-                                     host=self.host.name,
-                                     hint="run pkiform apply again") from None
-            finally:
-                channel.close()
+        connection, channel = self._channel(timeout)
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            if stdin is not None:
+                try:
+                    channel.sendall(stdin)
+                except OSError:
+                    pass  # the command exited early; its status says why
+            channel.shutdown_write()
+            out = channel.makefile("rb").read().decode(errors="replace")
+            err = channel.makefile_stderr("rb").read().decode(errors="replace")
+            status = channel.recv_exit_status()
+        except TimeoutError:
+            raise TransportError(
+                f"no answer within {timeout:.0f}s", host=self.host.name,
+                hint="the host or the command hangs; check the host, then run pkiform "
+                "apply again") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if not self._alive(connection):
+                raise self._lost(connection, str(exc) or type(exc).__name__) from None
+            raise TransportError(f"the command's channel failed ({exc})",
+                                 host=self.host.name,
+                                 hint="run pkiform apply again") from None
+        finally:
+            channel.close()
         if status == -1:
             # No exit status: the channel closed without one. Either the connection died
             # (sshd stopped or killed) or the command was killed by a signal.
@@ -495,40 +619,103 @@ class SshTransport:
 
     def write_file(self, path: str, content: bytes, *, mode: int, owner: str | None,
                    group: str | None, backup: bool = True) -> None:
-        owner_spec = f"{owner}:{group}" if owner and group else (owner or "")
-        # Length and hash (not the content: a key's SHA-256 reveals nothing) go on the
-        # command line so the host can tell a complete upload from one cut short.
-        status, out, err = self._exec(
-            _WRITE_SCRIPT,
-            [path, f"{mode:04o}", owner_spec, str(len(content)),
-             hashlib.sha256(content).hexdigest(), "1" if backup else "0"],
-            stdin=content)
-        if status == 0:
-            return
-        message = (err or out).strip()
+        """Queue the upload; whichever caller gets a session next carries every upload
+        queued by then in one command (one round trip and a few processes on the host for
+        many files, each still atomic on its own), and each caller gets its own outcome."""
+        upload = _Upload(path, content, f"{mode:04o}",
+                         f"{owner}:{group}" if owner and group else (owner or ""), backup)
+        with self._uploads_lock:
+            self._uploads.append(upload)
+        while not upload.taken and self._sessions.acquire(give_up=lambda: upload.taken):
+            try:
+                with self._uploads_lock:
+                    batch = self._take_uploads()
+                self._sessions.wake()  # callers whose uploads this took wait no more
+                if batch:
+                    self._upload(batch)
+            finally:
+                self._sessions.release()
+        upload.finished.wait()
+        if upload.error is not None:
+            raise upload.error
+
+    def _take_uploads(self) -> list[_Upload]:
+        """The queued uploads, oldest first, up to UPLOAD_BATCH files and bytes."""
+        taken, size = 0, 0
+        for upload in self._uploads:
+            if taken and (taken >= UPLOAD_BATCH_FILES
+                          or size + len(upload.content) > UPLOAD_BATCH_BYTES):
+                break
+            taken += 1
+            size += len(upload.content)
+        batch, self._uploads = self._uploads[:taken], self._uploads[taken:]
+        for upload in batch:
+            upload.taken = True
+        return batch
+
+    def _upload(self, batch: Sequence[_Upload]) -> None:
+        """One command for ``batch`` (a session is held); sets every upload's outcome, and
+        raises nothing."""
+        try:
+            args: list[str] = []
+            for upload in batch:
+                # Length and hash (not the content: a key's SHA-256 reveals nothing) go on
+                # the command line so the host can tell a complete upload from one cut short.
+                args += [upload.path, upload.mode, upload.owner_spec, str(len(upload.content)),
+                         hashlib.sha256(upload.content).hexdigest(),
+                         "1" if upload.backup else "0", f".pkiform.{secrets.token_hex(8)}"]
+            status, out, err = self._exec_in_session(
+                _WRITE_SCRIPT, args, stdin=b"".join(u.content for u in batch))
+            reports: dict[int, tuple[int, str]] = {}
+            for line in out.splitlines():
+                number, _, rest = line.partition(" ")
+                code, _, message = rest.partition(" ")
+                if number.isdigit() and (code == "ok" or code.isdigit()):
+                    reports[int(number)] = (0 if code == "ok" else int(code), message)
+            for number, upload in enumerate(batch, start=1):
+                report = reports.get(number)
+                if report is None:
+                    upload.error = TransportError(
+                        f"writing {upload.path} failed: "
+                        f"{(err or out).strip() or f'exit status {status}'}",
+                        host=self.host.name)
+                elif report[0] != 0:
+                    upload.error = self._write_error(upload, *report)
+        except Exception as exc:  # the command itself failed: so did every upload in it
+            # Not raised here: the carrier's own upload may not be in this batch, and must
+            # not be reported failed while it still waits in the queue.
+            for upload in batch:
+                if upload.error is None:
+                    upload.error = exc
+        finally:
+            for upload in batch:
+                upload.finished.set()
+
+    def _write_error(self, upload: _Upload, status: int, message: str) -> TransportError:
+        path, owner_spec = upload.path, upload.owner_spec
         if status == 40:
-            raise TransportError(f"refusing to write {path}: it is a symlink",
-                                 host=self.host.name, hint="replace the symlink by a regular "
-                                 "file or remove it, then apply again")
+            return TransportError(f"refusing to write {path}: it is a symlink",
+                                  host=self.host.name, hint="replace the symlink by a regular "
+                                  "file or remove it, then apply again")
         if status == 44:
-            raise TransportError(f"refusing to write {path}: it exists and is not a regular "
-                                 "file", host=self.host.name,
-                                 hint="move whatever is at that path away, then apply again")
+            return TransportError(f"refusing to write {path}: it exists and is not a regular "
+                                  "file", host=self.host.name,
+                                  hint="move whatever is at that path away, then apply again")
         if status == 43:
-            raise TransportError(f"{path} arrived incomplete ({message}); the file on the "
-                                 "host is unchanged", host=self.host.name,
-                                 hint="check the connection to the host, then apply again")
+            return TransportError(f"{path} arrived incomplete ({message}); the file on the "
+                                  "host is unchanged", host=self.host.name,
+                                  hint="check the connection to the host, then apply again")
         if "No space left" in message:
-            raise TransportError(f"disk full writing {path}", host=self.host.name,
-                                 hint="free space on the host, then apply again")
+            return TransportError(f"disk full writing {path}", host=self.host.name,
+                                  hint="free space on the host, then apply again")
         if "Permission denied" in message or "Operation not permitted" in message:
-            raise TransportError(f"permission denied writing {path}", host=self.host.name,
-                                 hint="log in as root, or set sudo = true for this host")
+            return TransportError(f"permission denied writing {path}", host=self.host.name,
+                                  hint="log in as root, or set sudo = true for this host")
         if "invalid user" in message or "invalid group" in message:
-            raise TransportError(f"owner {owner_spec} does not exist on the host ({message})",
-                                 host=self.host.name, hint="create the user/group first, or "
-                                 "change owner/group of the file resource")
-        raise TransportError(f"writing {path} failed: {message}", host=self.host.name)
+            return TransportError(f"owner {owner_spec} does not exist on the host ({message})",
+                                  host=self.host.name, hint="create the user/group first, or "
+                                  "change owner/group of the file resource")
+        return TransportError(f"writing {path} failed: {message}", host=self.host.name)
 
     def remove_file(self, path: str) -> bool:
         status, out, err = self._exec(

@@ -9,6 +9,7 @@ a rotation with sshd cut mid-apply, host keys, symlinks, permissions, a failing 
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -632,12 +633,19 @@ def test_truncated_upload_never_replaces_the_target(cluster: Cluster) -> None:
     transport = SshTransport(ws.config.hosts["lab-1"], base_dir=cluster.directory)
     content = b"-----BEGIN CERTIFICATE-----\n" + b"A" * 4000 + b"\n"
     try:
-        args = [path, "0644", "root:root", str(len(content)),
-                hashlib.sha256(content).hexdigest()]
-        status, _, err = transport._exec(ssh_transport._WRITE_SCRIPT, args,
-                                         stdin=content[:1500])
-        assert status == 43, err
-        assert "received 1500 of 4029 bytes" in err
+        # Two files in one command, the stream cut inside the first: neither is replaced.
+        args = []
+        for target in (path, f"{PKI}/front-proxy-ca.crt"):
+            args += [target, "0644", "root:root", str(len(content)),
+                     hashlib.sha256(content).hexdigest(), "1", f".pkiform.cut{len(args)}"]
+        proxy_before = host.file_path(f"{PKI}/front-proxy-ca.crt").read_bytes()
+        status, out, err = transport._exec(ssh_transport._WRITE_SCRIPT, args,
+                                           stdin=content[:1500])
+        assert status == 0, err
+        assert out.splitlines() == [
+            f"1 43 received 1500 of 4029 bytes for {path}; left unchanged",
+            f"2 43 received 0 of 4029 bytes for {PKI}/front-proxy-ca.crt; left unchanged"]
+        assert host.file_path(f"{PKI}/front-proxy-ca.crt").read_bytes() == proxy_before
         # the same bytes in full go through
         other = f"/etc/pkiform-probe/{time.monotonic_ns()}.crt"
         transport.write_file(other, content, mode=0o640, owner="root", group="root")
@@ -647,6 +655,49 @@ def test_truncated_upload_never_replaces_the_target(cluster: Cluster) -> None:
         transport.close()
     assert host.file_path(path).read_bytes() == before
     assert temp_files(host) == []
+
+
+def test_concurrent_writes_share_commands_and_keep_their_own_outcomes(lab: Lab,
+                                                                      tmp_path: Path) -> None:
+    """Writes that wait for a session are carried together, several files per command; each
+    file is still atomic on its own, and each caller gets its own outcome: a symlink at one
+    target fails that write alone."""
+    host = lab.host("lab-2")
+    base = "/etc/pkiform-batch"
+    host.run(f"rm -rf {base}; mkdir -p {base}; ln -s /etc/hostname {base}/link.crt")
+    directory = _probe_config(lab, tmp_path / "cfg", {"lab-2": {}}, f"{base}/x.crt")
+    transport = SshTransport(Workspace(directory).config.hosts["lab-2"], base_dir=directory)
+    commands: list[int] = []
+    carry = transport._exec_in_session
+
+    def counted(script: str, args: Any = (), **kwargs: Any) -> tuple[int, str, str]:
+        if script == ssh_transport._WRITE_SCRIPT:
+            commands.append(len(args) // 7)
+        return carry(script, args, **kwargs)
+
+    transport._exec_in_session = counted  # type: ignore[method-assign]
+    names = [f"{base}/d{n % 3}/f{n}.crt" for n in range(40)] + [f"{base}/link.crt"]
+    contents = {name: f"content of {name}\n".encode() * (1 + len(name) % 7) for name in names}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            futures = {name: pool.submit(transport.write_file, name, contents[name],
+                                         mode=0o600 if name.endswith("5.crt") else 0o644,
+                                         owner="root", group="root")
+                       for name in names}
+        errors = {name: f.exception() for name, f in futures.items() if f.exception()}
+    finally:
+        transport.close()
+    assert list(errors) == [f"{base}/link.crt"], errors
+    assert "it is a symlink" in str(errors[f"{base}/link.crt"])
+    # every file in exactly one command; some commands carried several (how many depends on
+    # how busy the sessions were: a write that finds a session free goes at once)
+    assert sum(commands) == len(names) and max(commands) > 1, commands
+    stats = remote_stats(host, names[:-1])
+    for name in names[:-1]:
+        assert host.file_path(name).read_bytes() == contents[name]
+        assert stats[name][:3] == ("600" if name.endswith("5.crt") else "644", "root", "root")
+    assert host.run(f"readlink {base}/link.crt").stdout.strip() == "/etc/hostname"
+    assert temp_files(host, base) == []
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@
    dependents-first, and a file renamed in place survives (both were engine bugs these tests
    found).
 10. among ready changes the one with the longest expected chain behind it starts first
-   (ties: address order), a rolling group's chain included.
+   (ties: address order), a rolling group's chain included;
+11. a host never has more steps in flight than its transport carries (``max_concurrent_steps``),
+   and the cap loses no change and breaks no edge.
 
 Expected sets are computed from the specs' attributes with networkx, not with engine code.
 """
@@ -38,7 +40,16 @@ from pkiform.plan import Change, Plan
 from pkiform.provider import Action
 from pkiform.state.model import ResourceState, State
 
-from .fakes import PHASES, Harness, Recorder, examples, make_config, scratch, state_store
+from .fakes import (
+    PHASES,
+    FakeTransport,
+    Harness,
+    Recorder,
+    examples,
+    make_config,
+    scratch,
+    state_store,
+)
 from .strategies import data_edges, fake_configs, order_edges, reshuffled
 
 # No health check needs suppressing: a 40-resource DAG is a few hundred draws, and the
@@ -633,3 +644,86 @@ def test_the_ready_change_with_the_longest_chain_starts_first(config: Any, data:
                     *expected_start_order([c for c in batch if c.action is not Action.DELETE],
                                           estimator._expected_ms)]
                 assert [a for p, a in started if p == phase.name] == expected
+
+
+# -- 11: a host runs at most as many steps at once as its transport carries -----------------
+
+
+@settings(ENGINE, max_examples=examples(20))
+@given(config=fake_configs(max_resources=25, rolling=True), data=st.data())
+def test_a_host_never_runs_more_steps_than_its_transport_carries(config: Any,
+                                                                 data: Any) -> None:
+    """With ``max_concurrent_steps = k`` on every host's transport, the steps of one host in
+    flight (started, not finished: events in the scheduler's own order) never exceed k, every
+    change still runs, and every edge still holds (the next test shows the peaks do exceed
+    the cap without one)."""
+    cap = data.draw(st.integers(1, 2), label="cap")
+    with scratch() as root:
+        harness = Harness(config, root)
+        harness.recorder.apply_delay = 0.002  # steps of one host would overlap uncapped
+        harness.recorder.restart_delay = 0.002
+        sources = sorted({s["source"] for a, s in config.resources.items() if a.kind == "file"})
+        replace = data.draw(st.sampled_from(sources), label="replace")
+        for plan_of in (lambda: harness.plan(), lambda: harness.plan(replace=[str(replace)])):
+            plan = plan_of()
+            peaks = host_peaks(harness, plan, cap)
+            assert max(peaks.values(), default=0) <= cap, peaks
+            check_order(harness, plan)
+
+
+def host_peaks(harness: Harness, plan: Plan, cap: int | None) -> dict[str, int]:
+    """Apply ``plan`` with every host's transport capped at ``cap`` steps (None: no cap);
+    the most steps each host had in flight at once, from the scheduler's own events."""
+    peak: dict[str, int] = defaultdict(int)
+    in_flight: dict[str, int] = defaultdict(int)
+
+    def hook(event: Event) -> None:
+        change = event.change
+        if change is None or change.host is None:
+            return
+        if event.kind == "start":
+            in_flight[change.host] += 1
+            peak[change.host] = max(peak[change.host], in_flight[change.host])
+        elif event.kind in ("done", "failed"):
+            in_flight[change.host] -= 1
+
+    for transport in harness.transports.values():
+        transport.max_concurrent_steps = cap  # type: ignore[attr-defined]
+    plain = harness.transport
+
+    def capped(host: Host) -> FakeTransport:
+        transport = plain(host)
+        transport.max_concurrent_steps = cap  # type: ignore[attr-defined]
+        return transport
+
+    harness.transport = capped  # type: ignore[method-assign]
+    try:
+        result = applied(harness, plan, parallelism=8, hooks=(hook,))
+    finally:
+        harness.transport = plain  # type: ignore[method-assign]
+    assert {c.address for c in result.done} == {c.address for c in changes_of(plan)}
+    assert not any(in_flight.values())
+    return dict(peak)
+
+
+def test_the_host_cap_law_sees_uncapped_overlap() -> None:
+    """Sanity check of the law above: one host's six independent files overlap without a
+    cap, and never with a cap of 1 or 2."""
+    hosts = {"h": Host("h", "10.0.0.1")}
+    node = Address("node", "n")
+    specs = {node: ResourceSpec(node, {"value": "v", "deps": [], "phased": False})}
+    for n in range(6):
+        file = Address("file", f"f{n}", "h")
+        specs[file] = ResourceSpec(file, {"path": f"/f{n}", "source": node, "content": "out"},
+                                   hosts["h"])
+    config = make_config(hosts, specs)
+    with scratch() as root:
+        harness = Harness(config, root)
+        harness.recorder.apply_delay = 0.02
+        plan = harness.plan()
+        assert host_peaks(harness, plan, None)["h"] > 2
+        for cap in (1, 2):
+            with scratch() as other:
+                fresh = Harness(config, other)
+                fresh.recorder.apply_delay = 0.02
+                assert host_peaks(fresh, fresh.plan(), cap)["h"] == cap
