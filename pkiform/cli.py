@@ -174,6 +174,7 @@ class Cli:
         color = (not args.no_color and "NO_COLOR" not in os.environ
                  and hasattr(out, "isatty") and out.isatty())
         self.style = Style(color)
+        self._workspaces: list[Workspace] = []
 
     def workspace(self) -> Workspace:
         # Loading, planning and proving allocate about a million objects at 5,000 nodes and
@@ -181,7 +182,15 @@ class Cli:
         # them cost a fifth of a no-op plan's CPU and freed 5 objects. Reference counting
         # still frees everything else as usual; `_resume_gc` turns the collector back on.
         gc.disable()
-        return Workspace(self.args.chdir)
+        ws = Workspace(self.args.chdir)
+        self._workspaces.append(ws)
+        return ws
+
+    def close(self) -> None:
+        """Close what the command opened: SSH connections say goodbye to their hosts (sshd
+        logs a disconnect, not a reset) instead of being dropped at interpreter exit."""
+        while self._workspaces:
+            self._workspaces.pop().close()
 
     def notice(self, ws: Workspace) -> None:
         if ws.store.notice:
@@ -430,8 +439,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     args = parser.parse_args(argv)
     started = time.monotonic()
     collecting = gc.isenabled()
+    cli = Cli(args, out, err)
     try:
-        return Cli(args, out, err).run()
+        return cli.run()
     except PkiformError as exc:
         err.write(f"Error: {exc}\n")
         return EXIT_ERROR
@@ -445,6 +455,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
                   "for a traceback; please report it)\n")
         return EXIT_ERROR
     finally:
+        cli.close()
         if collecting:  # as it was on entry (tests call main in one process many times)
             gc.unfreeze()
             gc.enable()
