@@ -38,7 +38,7 @@ import attrs
 
 from pkiform.address import Address, Ref
 from pkiform.errors import PkiformError, StalePlanError
-from pkiform.model import Config, Host
+from pkiform.model import Host
 from pkiform.offload import die_with_parent
 from pkiform.plan import ROTATION_KEY, Change, Plan
 from pkiform.provider import Action, ApplyRequest, Registry, ResourceResult
@@ -91,22 +91,6 @@ def key_requests(plan: Plan, registry: Registry) -> dict[Address, list[str]]:
             wanted = registry[change.kind].keys_needed(change.spec, change.action, change.step)
             if wanted:
                 requests.setdefault(change.address, []).extend(wanted)
-    return requests
-
-
-def first_apply_key_requests(config: Config, registry: Registry) -> dict[Address, list[str]]:
-    """The private keys a first apply (no state yet) generates, known from the config alone:
-    it creates every declared resource. Resources that depend on nothing (root CAs, keypairs)
-    first, as the apply needs their keys first; then config order."""
-    requests: dict[Address, list[str]] = {}
-    later: dict[Address, list[str]] = {}
-    for address, spec in config.resources.items():
-        provider = registry[spec.kind]
-        action = getattr(provider, "create_action", Action.CREATE)
-        wanted = provider.keys_needed(spec, action, None)
-        if wanted:
-            (later if provider.dependencies(spec) else requests)[address] = list(wanted)
-    requests.update(later)
     return requests
 
 

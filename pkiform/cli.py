@@ -20,13 +20,7 @@ from typing import TextIO
 
 from pkiform import __version__
 from pkiform.address import Address
-from pkiform.apply import (
-    ApplyResult,
-    Event,
-    KeySource,
-    first_apply_key_requests,
-    key_requests,
-)
+from pkiform.apply import ApplyResult, Event, KeySource, key_requests
 from pkiform.errors import ConfigError, PkiformError
 from pkiform.plan import Plan
 from pkiform.provider import Action
@@ -225,11 +219,6 @@ class Cli:
 
     def _make_plan(self, ws: Workspace, keys: KeySource | None = None) -> tuple[Plan, object]:
         args = self.args
-        if keys is not None and not ws.store.exists() and not ws.store.journal_path.exists():
-            # A first apply creates everything declared: its keys are known from the config
-            # and generated while the plan is made (the plan's own request below then adds
-            # only what the config did not say; keys it does not use are discarded).
-            keys.request(first_apply_key_requests(ws.config, ws.registry))
         plan = ws.plan(replace=args.replace, mode=args.rotation, at=args.at,
                        refresh=args.refresh, prove_ahead=True)
         if keys is not None:
