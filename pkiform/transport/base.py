@@ -51,6 +51,9 @@ class RestartOutcome:
 
 
 class Transport(Protocol):
+    """A transport may also have ``max_concurrent_steps`` (int): the most steps of its host
+    the apply runs at once (the SSH transport: twice its sessions). Without it, no limit."""
+
     host: Host
 
     def read_files(self, paths: Sequence[str]) -> Mapping[str, FileStat | None]:

@@ -642,7 +642,8 @@ class SshTransport:
             raise upload.error
 
     def _take_uploads(self) -> list[_Upload]:
-        """The queued uploads, oldest first, up to UPLOAD_BATCH files and bytes."""
+        """The queued uploads, oldest first, up to UPLOAD_BATCH_FILES files and
+        UPLOAD_BATCH_BYTES bytes (at least one)."""
         taken, size = 0, 0
         for upload in self._uploads:
             if taken and (taken >= UPLOAD_BATCH_FILES
