@@ -1,3 +1,3 @@
-from pkiform.cli import main
+from pkiform.cli import entry
 
-raise SystemExit(main())
+entry()
