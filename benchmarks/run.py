@@ -833,21 +833,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def package_dirs() -> dict[str, str]:
+    """pyproject.toml's ``[tool.setuptools] package-dir``: import name -> tree directory."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return dict(project["tool"]["setuptools"]["package-dir"])
+
+
+def byte_compile(directory: Path) -> None:
+    """Write the ``.pyc`` of every module under ``directory``, as ``pip install`` does. Without
+    them, and with PYTHONDONTWRITEBYTECODE set (as on these machines), every measured process
+    would compile pkiform from source at start-up (~30 ms, more under load): a cost no
+    installed pkiform has, and one the baselines, which import little, would not share."""
+    import compileall
+
+    if not compileall.compile_dir(str(directory), quiet=1, workers=1):
+        raise CommandFailed(f"byte-compiling {directory} failed")
+
+
 def freeze(workdir: Path, env: dict[str, str]) -> str:
     """Copy the engine's packages as they are now into WORKDIR/frozen-site (the layout of an
     installed pkiform: ``[tool.setuptools] package-dir`` of pyproject.toml) and point every
     measured process at it (PYTHONPATH), so edits made to the tree while the benchmark runs
     cannot mix two versions of the engine into one table. Returns a digest of the sources."""
-    import tomllib
 
     site = workdir / "frozen-site"
     shutil.rmtree(site, ignore_errors=True)
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    mapping = project["tool"]["setuptools"]["package-dir"]
+    mapping = package_dirs()
     junk = shutil.ignore_patterns("__pycache__", "*.pyc")
     for package, directory in sorted(mapping.items()):  # parents before children
         target = site.joinpath(*package.split("."))
         shutil.copytree(ROOT / directory, target, ignore=junk, dirs_exist_ok=True)
+    byte_compile(site)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     probe = subprocess.run(
         [sys.executable, "-c", "import pkiform.cli, pkiform.state.store as s, "
@@ -911,6 +929,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.freeze:
             frozen = freeze(workdir, env)
             log(f"measuring a frozen snapshot of the tree (pkiform sources {frozen})")
+        else:  # the tree itself, byte-compiled in place (__pycache__ is git-ignored)
+            for directory in sorted(set(package_dirs().values())):
+                byte_compile(ROOT / directory)
         log(f"rows: {', '.join(f'{n}/{k}' for n, k in rows_wanted)}; workdir {workdir}")
         for nodes, key in rows_wanted:
             rows.append(bench_row(nodes, key, repeat, workdir, env, args.workers, budget))
