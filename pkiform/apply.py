@@ -2,11 +2,18 @@
 
 The order comes from the plan alone (its changes and their dependencies), never from the
 config. Phases run one after another; inside a phase, changes run as soon as everything they
-depend on is done, up to ``parallelism`` at a time (transports are I/O bound), except members
-of a rolling group, which run one at a time in host order. Among ready changes, the one with
-the longest expected chain still behind it goes first (a restart counts its settle window), so
-a rolling group's first member and the files it uses are not queued behind files that nothing
-waits for; the edges alone decide what may run, the priority only what runs first.
+depend on is done, up to ``parallelism`` at a time on worker threads (remote transports wait
+on the network), except members of a rolling group, which run one at a time in host order.
+Changes that are short work in this process and wait on nothing remote (signing a
+certificate, rendering a kubeconfig: providers with ``inline``; a file written by the local
+transport: transports with ``inline_steps``) run in the scheduler's own thread instead: on a
+worker thread they would gain nothing under the GIL and cost a hand-off for every system call
+(at 1,000 nodes, 4.0 s of CPU on threads against 2.7 s inline, the same work).
+
+Among ready changes, the one with the longest expected chain still behind it goes first (a
+restart counts its settle window), so a rolling group's first member and the files it uses are
+not queued behind files that nothing waits for; the edges alone decide what may run, the
+priority only what runs first.
 
 Private keys are the only CPU-heavy work. They are generated ahead in a process pool
 (`KeySource`), which a caller can start before the plan is even proven, so that keygen runs
@@ -499,6 +506,21 @@ class Applier:
         host_cap: dict[str, int | None] = {}
         on_host: dict[str, int] = defaultdict(int)
         held: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        inline_for: dict[tuple[str, str | None], bool] = {}
+
+        def runs_inline(change: Change) -> bool:
+            key = (change.kind, change.host)
+            answer = inline_for.get(key)
+            if answer is None:
+                provider = self.registry[change.kind]
+                if not provider.per_host:
+                    answer = bool(getattr(provider, "inline", False))
+                else:
+                    host = self.plan.hosts.get(change.host or "")
+                    answer = host is not None and bool(
+                        getattr(self.transport(host), "inline_steps", False))
+                inline_for[key] = answer
+            return answer
 
         def cap_of(name: str) -> int | None:
             if name not in host_cap:
@@ -570,7 +592,7 @@ class Applier:
                 self._synced = self._appended
             self.emit(Event("start", "", change, phase))
             began = time.monotonic()
-            if pool is None:
+            if pool is None or runs_inline(change):
                 try:
                     outcome = self._run(change)
                 except Exception as exc:
@@ -581,6 +603,39 @@ class Applier:
             running += 1
             pool.submit(self._run, change).add_done_callback(
                 lambda future: notices.put(("done", i, (began, future))))
+
+        def take_notices(block: bool) -> None:
+            """Handle what worker threads and the keygen pool reported: everything already
+            there, waiting for the first one only if ``block``."""
+            nonlocal running, parked
+            try:
+                notice = notices.get() if block else notices.get_nowait()
+            except queue.Empty:
+                return
+            while True:
+                kind, i, payload = notice
+                if kind == "key":
+                    keys_missing[i] -= 1
+                    if keys_missing[i] == 0:
+                        parked -= 1
+                        heapq.heappush(ready, (priority[i], i))
+                else:
+                    running -= 1
+                    host = ordered[i].host
+                    if host is not None and host in on_host:
+                        on_host[host] -= 1
+                        while held[host]:  # its slot goes to the best that still runs
+                            item = heapq.heappop(held[host])
+                            if not settled[item[1]]:
+                                heapq.heappush(ready, item)
+                                break
+                    began, future = payload
+                    error = future.exception()
+                    finish(i, began, None if error else future.result(), error)
+                try:  # everything that is already there, before starting more
+                    notice = notices.get_nowait()
+                except queue.Empty:
+                    break
 
         try:
             while True:
@@ -599,7 +654,13 @@ class Applier:
                                 future.add_done_callback(
                                     lambda _f, i=i: notices.put(("key", i, None)))
                             continue
-                    host = ordered[i].host
+                    change = ordered[i]
+                    if pool is not None and runs_inline(change):
+                        launch(i)  # done when it returns: no slot, no host cap to hold
+                        if running:  # and what worker threads finished meanwhile goes on
+                            take_notices(block=False)
+                        continue
+                    host = change.host
                     if host is not None and not inline:
                         cap = cap_of(host)
                         if cap is not None and on_host[host] >= cap:
@@ -609,31 +670,7 @@ class Applier:
                     launch(i)
                 if not running and not parked:
                     break
-                notice = notices.get()
-                while True:
-                    kind, i, payload = notice
-                    if kind == "key":
-                        keys_missing[i] -= 1
-                        if keys_missing[i] == 0:
-                            parked -= 1
-                            heapq.heappush(ready, (priority[i], i))
-                    else:
-                        running -= 1
-                        host = ordered[i].host
-                        if host is not None and host in on_host:
-                            on_host[host] -= 1
-                            while held[host]:  # its slot goes to the best that still runs
-                                item = heapq.heappop(held[host])
-                                if not settled[item[1]]:
-                                    heapq.heappush(ready, item)
-                                    break
-                        began, future = payload
-                        error = future.exception()
-                        finish(i, began, None if error else future.result(), error)
-                    try:  # everything that is already there, before starting more
-                        notice = notices.get_nowait()
-                    except queue.Empty:
-                        break
+                take_notices(block=True)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)

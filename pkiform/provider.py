@@ -182,6 +182,10 @@ class Provider(Protocol):
     fields: ClassVar[Mapping[str, Field]]
     outputs: ClassVar[Mapping[str, OutputInfo]]
     per_host: ClassVar[bool]  # instances must live on a host (files, services)
+    # Optional, read with getattr: ``inline: ClassVar[bool]`` (default False) says a kind that
+    # is not per host applies as short CPU work in this process, waiting on nothing outside
+    # (a signature, a rendering): the applier then runs it in its own thread instead of on a
+    # worker thread. A kind that calls out (an HTTP API, a KMS) leaves it False.
 
     def dependencies(self, spec: ResourceSpec) -> Sequence[Ref]: ...
 

@@ -42,6 +42,7 @@ CA_KEY_USAGES = ("digital_signature", "key_encipherment", "cert_sign")
 class CaProvider:
     kind: ClassVar[str] = "ca"
     per_host: ClassVar[bool] = False
+    inline: ClassVar[bool] = True  # CPU work in this process: the applier's own thread
     fields: ClassVar[Mapping[str, Field]] = {
         **common.SUBJECT_FIELDS,
         "validity_days": Field("int", default=3650, doc="lifetime in days (kubeadm: 10 years)"),

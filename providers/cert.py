@@ -38,6 +38,7 @@ CHANGES_CERT = frozenset({"cert", "chain"})
 class CertProvider:
     kind: ClassVar[str] = "cert"
     per_host: ClassVar[bool] = False
+    inline: ClassVar[bool] = True  # CPU work in this process: the applier's own thread
     fields: ClassVar[Mapping[str, Field]] = {
         **common.SUBJECT_FIELDS,
         "common_name": Field("str", required=True, doc="subject CN (the identity)"),

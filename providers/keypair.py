@@ -32,6 +32,7 @@ from pkiform.providers._rotation import STEP_ADD, STEP_REPLACE, Generations, rot
 class KeypairProvider:
     kind: ClassVar[str] = "keypair"
     per_host: ClassVar[bool] = False
+    inline: ClassVar[bool] = True  # CPU work in this process: the applier's own thread
     fields: ClassVar[Mapping[str, Field]] = {"key": common.key_field()}
     outputs: ClassVar[Mapping[str, OutputInfo]] = {
         "key": OutputInfo(secret=True, doc="active private key (PKCS#8 PEM)"),

@@ -34,6 +34,7 @@ OUTPUT = frozenset({"kubeconfig"})
 class KubeconfigProvider:
     kind: ClassVar[str] = "kubeconfig"
     per_host: ClassVar[bool] = False
+    inline: ClassVar[bool] = True  # CPU work in this process: the applier's own thread
     fields: ClassVar[Mapping[str, Field]] = {
         "cluster_name": Field("str", default="kubernetes", doc="cluster entry name"),
         "server": Field("str", required=True, doc="API server URL, https://host:port"),

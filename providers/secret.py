@@ -36,6 +36,7 @@ from pkiform.providers._rotation import STEP_ADD, STEP_REPLACE, Generations, rot
 class SecretProvider:
     kind: ClassVar[str] = "secret"
     per_host: ClassVar[bool] = False
+    inline: ClassVar[bool] = True  # CPU work in this process: the applier's own thread
     fields: ClassVar[Mapping[str, Field]] = {
         "bytes": Field("int", default=32, doc="random bytes (32 for AES-256)"),
         "encryption_provider": Field("str", default="aescbc",

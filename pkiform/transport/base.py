@@ -52,7 +52,10 @@ class RestartOutcome:
 
 class Transport(Protocol):
     """A transport may also have ``max_concurrent_steps`` (int): the most steps of its host
-    the apply runs at once (the SSH transport: twice its sessions). Without it, no limit."""
+    the apply runs at once (the SSH transport: twice its sessions). Without it, no limit.
+    And ``inline_steps`` (bool, default False): its operations are short local work that
+    waits on no remote peer (the local transport), so the apply runs its host's steps in its
+    own thread rather than on worker threads."""
 
     host: Host
 

@@ -64,6 +64,10 @@ def _write_all(fd: int, content: bytes) -> None:
 
 
 class LocalTransport:
+    # Its steps are a few local system calls each, short and CPU-bound under the GIL: the
+    # applier runs them in its own thread (see pkiform.apply), not on worker threads.
+    inline_steps = True
+
     def __init__(self, host: Host, root: Path) -> None:
         self.host = host
         # The root is resolved once per process; a host directory is resolved only when it is
