@@ -247,3 +247,63 @@ def test_the_longest_chain_starts_first(tmp_path: Path) -> None:
         if change.kind == "service":
             assert all(position[r.address] < position[change.address]
                        for r in change.dependencies)
+
+
+class _Remote:
+    """The local transport as a remote one looks to the applier (no ``inline_steps``), whose
+    file writes wait ``delay`` seconds for the network first."""
+
+    def __init__(self, inner: object, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+
+    def __getattr__(self, name: str) -> object:
+        if name == "inline_steps":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def write_file(self, *args: object, **kwargs: object) -> None:
+        time.sleep(self._delay)
+        self._inner.write_file(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+def test_local_work_runs_in_the_scheduler_thread_remote_steps_on_worker_threads(
+        tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    plan = ws.plan()
+    remote_host = "worker-1"
+
+    def factory(host: object) -> object:
+        transport = ws.transport_factory(host)  # type: ignore[arg-type]
+        return _Remote(transport, 0.2) if host.name == remote_host else transport  # type: ignore[attr-defined]
+
+    threads: dict[Address, int] = {}
+    finished: dict[Address, float] = {}
+
+    class Recording(Applier):
+        def _run(self, change):  # type: ignore[no-untyped-def]
+            threads[change.address] = threading.get_ident()
+            try:
+                return super()._run(change)
+            finally:
+                finished[change.address] = time.monotonic()
+
+    scheduler = threading.get_ident()
+    result = Recording(plan, ws.store, ws.registry, factory, parallelism=4,  # type: ignore[arg-type]
+                       keygen_workers=1).run()
+    assert result.ok, result.failed
+    remote = {c.address for c in plan.changes if c.host == remote_host and c.kind == "file"}
+    local_files = {c.address for c in plan.changes if c.host != remote_host
+                   and c.kind == "file"}
+    in_process = {c.address for c in plan.changes if c.kind in ("ca", "cert", "kubeconfig")}
+    assert remote and local_files and in_process
+    assert all(threads[a] == scheduler for a in local_files | in_process)
+    assert all(threads[a] != scheduler for a in remote)
+    # Inline work did not wait for the slow remote writes: the local host's files were all
+    # written before the last remote write ended (they do not depend on worker-1's files).
+    assert max(finished[a] for a in local_files) < max(finished[a] for a in remote)
+    # And the plan's order still holds across the two kinds of steps.
+    for change in plan.changes:
+        for ref in change.dependencies:
+            if ref.address in finished and change.address in finished:
+                assert finished[ref.address] <= finished[change.address], change.address
