@@ -254,7 +254,13 @@ class Registry:
         return kind in self._providers
 
     def kinds(self) -> list[str]:
+        """Every kind there is (the entry points read, if they were not yet)."""
         self._discovered()
+        return sorted(self._providers)
+
+    def registered(self) -> list[str]:
+        """The kinds registered so far: the built-ins, and third-party kinds if a config
+        asked for one (so every kind a loaded config uses), without reading entry points."""
         return sorted(self._providers)
 
     @classmethod

@@ -99,3 +99,17 @@ def test_an_entry_point_named_after_another_kind_is_refused(vendor_site: Path) -
     with pytest.raises(ConfigError) as caught:
         registry["vendor-keypair"]
     assert "gives a provider of kind 'something-else'" in str(caught.value)
+
+
+def test_loading_a_config_of_built_in_kinds_reads_no_entry_points(
+        vendor_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _vendor_distribution(vendor_site, "vendor-keypair = vendor_kinds:VendorKeypair\n")
+    import pkiform.workspace as workspace
+    from tests.conftest import EXAMPLES
+
+    monkeypatch.setattr(workspace, "_registry", None)
+    ws = workspace.Workspace(EXAMPLES / "kubeadm")
+    assert len(ws.config.resources) > 100
+    assert ws.registry._discover is not None  # never needed
+    assert "vendor_kinds" not in sys.modules
+    monkeypatch.setattr(workspace, "_registry", None)

@@ -675,7 +675,9 @@ class _Loader:
     def validate(self, config: Config) -> None:
         for address, spec in config.resources.items():
             self.registry[address.kind].validate(spec, config, self.registry)
-        for kind in self.registry.kinds():
+        # Every kind the config uses is registered by now; an unused third-party kind has
+        # nothing to check, and listing it would read every distribution's entry points.
+        for kind in self.registry.registered():
             validate_all = getattr(self.registry[kind], "validate_all", None)
             if validate_all is not None:
                 validate_all(config)
