@@ -18,9 +18,11 @@ The only module of pkiform that imports fabric (and paramiko).
   file must never be renamed into place), owner/mode set, fsync'd, then renamed over the
   target. The file it replaces is kept as ``<path>.pkiform-backup`` (one generation, hard
   link, same mode) for manual rollback. A symlink, directory or other non-regular file at
-  the target path is refused. Writes that wait for a session are carried together: the
-  caller that gets one next sends every upload queued by then in one command (a round trip
-  and a few processes for many files), and each caller gets its own file's outcome.
+  the target path is refused. Writes are carried together (group commit): one upload
+  command per host at a time, which takes every upload queued by the time it starts (after
+  a few ms without a new one), so a host gets a deploy's files in a few commands, not one
+  each (a command costs the host a session and a few processes whatever it carries); each
+  caller gets its own file's outcome.
 * Restarts: one round trip runs ``systemctl restart|reload`` (a unit that is not loaded, or a
   failed job, fails at once), waits until the unit is active and, if the service has a health
   check, until the check passes — the gate, as a readiness probe is in Kubernetes — and the
@@ -72,6 +74,18 @@ SETTLE_POLL = 0.25
 # below ARG_MAX, and a batch's contents stay small enough to hold in memory.
 UPLOAD_BATCH_FILES = 64
 UPLOAD_BATCH_BYTES = 8 << 20
+# Upload commands in flight per connection (group commit): the files that arrive while one
+# runs wait for it and go together in the next. A command costs the host a session (sshd's
+# fork, the login shell, sh) and a few processes whatever it carries, so a deploy's files
+# in a few commands instead of one each leave the host's CPU to its restarts; the first file
+# still goes at once, and the others wait at most one command.
+UPLOAD_COMMANDS = 1
+# Before it takes the queue, the carrier waits until no new upload has come for
+# UPLOAD_LINGER seconds (at most UPLOAD_LINGER_MAX): a step's siblings on the same host
+# (launched with it, still rendering their files) join its command instead of each taking
+# one of their own right after. Small next to any round trip to a real host.
+UPLOAD_LINGER = 0.004
+UPLOAD_LINGER_MAX = 0.02
 
 _WIRE_LOGGER = "pkiform.transport.ssh.wire"
 
@@ -186,7 +200,6 @@ SUMS
 set --
 i=0; while [ $i -lt $n ]; do
   i=$((i + 1)); eval "tmp=\$tmp_$i sha=\$sha_$i size=\$size_$i target=\$target_$i"
-  eval "mode=\$mode_$i owner=\$owner_$i"
   [ -n "$tmp" ] || continue
   read -r got _ <&3 || got=
   if [ "${got#\\}" != "$sha" ]; then
@@ -196,15 +209,40 @@ i=0; while [ $i -lt $n ]; do
     else eval "why_$i=\"43 content for \$target arrived corrupted; left unchanged\""; fi
     eval "tmp_$i="; rm -f -- "$tmp"; continue
   fi
-  if [ -n "$owner" ] && ! msg=$(chown -- "$owner" "$tmp" 2>&1); then
-    eval "why_$i=\"1 \$msg\" tmp_$i="; rm -f -- "$tmp"; continue
-  fi
-  if [ "$mode" != 0600 ] && ! msg=$(chmod -- "$mode" "$tmp" 2>&1); then
-    eval "why_$i=\"1 \$msg\" tmp_$i="; rm -f -- "$tmp"; continue
-  fi
-  set -- "$@" "$tmp"
 done
 exec 3<&-
+# Owners, then modes: one chown (chmod) for each run of files that share the value (a batch
+# comes sorted by owner and mode); only if it fails, each file of the run again on its own,
+# so that the error is that file's alone.
+run() {  # run chown|chmod VALUE "INDICES" (its own variable names: sh has no locals)
+  [ -n "$3" ] || return 0
+  r_cmd=$1 r_value=$2 r_list=$3
+  set --
+  for r_i in $r_list; do eval "set -- \"\$@\" \"\$tmp_$r_i\""; done
+  "$r_cmd" -- "$r_value" "$@" 2>/dev/null && return 0
+  for r_i in $r_list; do
+    eval "r_tmp=\$tmp_$r_i"
+    if ! msg=$("$r_cmd" -- "$r_value" "$r_tmp" 2>&1); then
+      eval "why_$r_i=\"1 \$msg\" tmp_$r_i="; rm -f -- "$r_tmp"
+    fi
+  done
+}
+for cmd in chown chmod; do
+  key= list=
+  i=0; while [ $i -lt $n ]; do
+    i=$((i + 1)); eval "tmp=\$tmp_$i"
+    [ -n "$tmp" ] || continue
+    if [ $cmd = chown ]; then eval "value=\$owner_$i"; else eval "value=\$mode_$i"; fi
+    case $cmd/$value in chown/|chmod/0600) continue ;; esac  # as created: nothing to do
+    if [ "$value" != "$key" ]; then run $cmd "$key" "$list"; key=$value list=; fi
+    list="$list $i"
+  done
+  run $cmd "$key" "$list"
+done
+set --
+i=0; while [ $i -lt $n ]; do
+  i=$((i + 1)); eval "tmp=\$tmp_$i"; [ -n "$tmp" ] && set -- "$@" "$tmp"
+done
 [ $# -gt 0 ] && sync -- "$@"
 set --
 i=0; while [ $i -lt $n ]; do
@@ -344,8 +382,12 @@ class SshTransport:
         self._connect_error: TransportError | None = None
         self._lock = threading.Lock()
         self._sessions = _Sessions(max(1, max_sessions))
+        # Turns to carry uploads (UPLOAD_COMMANDS): a caller waits for one here, then for a
+        # session; every upload queued by the time it has both goes in its command.
+        self._upload_turns = _Sessions(min(UPLOAD_COMMANDS, max(1, max_sessions)))
         self._uploads: list[_Upload] = []
         self._uploads_lock = threading.Lock()
+        self._uploads_grew = threading.Condition(self._uploads_lock)
         # For the apply's scheduler: steps beyond the sessions wait in the transport, where
         # the uploads among them are carried together (one command for many files); more
         # than twice the sessions would only take threads that other hosts could use.
@@ -621,25 +663,42 @@ class SshTransport:
 
     def write_file(self, path: str, content: bytes, *, mode: int, owner: str | None,
                    group: str | None, backup: bool = True) -> None:
-        """Queue the upload; whichever caller gets a session next carries every upload
-        queued by then in one command (one round trip and a few processes on the host for
-        many files, each still atomic on its own), and each caller gets its own outcome."""
+        """Queue the upload; whichever caller gets the next upload turn and a session
+        carries every upload queued by then in one command (one round trip and a few
+        processes on the host for many files, each still atomic on its own), and each
+        caller gets its own outcome."""
         upload = _Upload(path, content, f"{mode:04o}",
                          f"{owner}:{group}" if owner and group else (owner or ""), backup)
         with self._uploads_lock:
             self._uploads.append(upload)
-        while not upload.taken and self._sessions.acquire(give_up=lambda: upload.taken):
+            self._uploads_grew.notify_all()
+        while not upload.taken and self._upload_turns.acquire(give_up=lambda: upload.taken):
             try:
-                with self._uploads_lock:
-                    batch = self._take_uploads()
-                self._sessions.wake()  # callers whose uploads this took wait no more
-                if batch:
-                    self._upload(batch)
+                with self._sessions:
+                    with self._uploads_lock:
+                        self._linger()
+                        batch = self._take_uploads()
+                    self._upload_turns.wake()  # callers whose uploads this took wait no more
+                    if batch:
+                        self._upload(batch)
             finally:
-                self._sessions.release()
+                self._upload_turns.release()
         upload.finished.wait()
         if upload.error is not None:
             raise upload.error
+
+    def _linger(self) -> None:
+        """Wait (holding ``_uploads_lock``) until the queue has stopped growing for
+        UPLOAD_LINGER seconds, at most UPLOAD_LINGER_MAX, or is a full batch already."""
+        deadline = time.monotonic() + UPLOAD_LINGER_MAX
+        while len(self._uploads) < UPLOAD_BATCH_FILES:
+            seen = len(self._uploads)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._uploads_grew.wait(min(UPLOAD_LINGER, left))
+            if len(self._uploads) == seen:
+                return
 
     def _take_uploads(self) -> list[_Upload]:
         """The queued uploads, oldest first, up to UPLOAD_BATCH_FILES files and
@@ -659,6 +718,8 @@ class SshTransport:
     def _upload(self, batch: Sequence[_Upload]) -> None:
         """One command for ``batch`` (a session is held); sets every upload's outcome, and
         raises nothing."""
+        # By owner and mode: the host runs one chown and one chmod per run of equal values.
+        batch = sorted(batch, key=lambda u: (u.owner_spec, u.mode))
         try:
             args: list[str] = []
             for upload in batch:

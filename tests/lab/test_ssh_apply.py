@@ -17,6 +17,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -676,6 +677,22 @@ def test_concurrent_writes_share_commands_and_keep_their_own_outcomes(lab: Lab,
         return carry(script, args, **kwargs)
 
     transport._exec_in_session = counted  # type: ignore[method-assign]
+    in_flight, most = 0, 0
+    guard = threading.Lock()
+    carry_upload = transport._upload
+
+    def watched(batch: Any) -> None:
+        nonlocal in_flight, most
+        with guard:
+            in_flight += 1
+            most = max(most, in_flight)
+        try:
+            carry_upload(batch)
+        finally:
+            with guard:
+                in_flight -= 1
+
+    transport._upload = watched  # type: ignore[method-assign]
     names = [f"{base}/d{n % 3}/f{n}.crt" for n in range(40)] + [f"{base}/link.crt"]
     contents = {name: f"content of {name}\n".encode() * (1 + len(name) % 7) for name in names}
     try:
@@ -692,11 +709,61 @@ def test_concurrent_writes_share_commands_and_keep_their_own_outcomes(lab: Lab,
     # every file in exactly one command; some commands carried several (how many depends on
     # how busy the sessions were: a write that finds a session free goes at once)
     assert sum(commands) == len(names) and max(commands) > 1, commands
+    # group commit: at most UPLOAD_COMMANDS upload commands at a time; the rest wait for one
+    assert most == ssh_transport.UPLOAD_COMMANDS, most
     stats = remote_stats(host, names[:-1])
     for name in names[:-1]:
         assert host.file_path(name).read_bytes() == contents[name]
         assert stats[name][:3] == ("600" if name.endswith("5.crt") else "644", "root", "root")
     assert host.run(f"readlink {base}/link.crt").stdout.strip() == "/etc/hostname"
+    assert temp_files(host, base) == []
+
+
+def test_one_command_sets_each_files_owner_and_mode(lab: Lab, tmp_path: Path) -> None:
+    """A command that carries files of several owners and modes sets each file's own (one
+    chown/chmod per run of equal values); an owner that does not exist fails its file alone,
+    with the owner's error, and no temp file is left."""
+    host = lab.host("lab-2")
+    base = "/etc/pkiform-owners"
+    host.run(f"rm -rf {base}; mkdir -p {base}")
+    directory = _probe_config(lab, tmp_path / "cfg", {"lab-2": {}}, f"{base}/x.crt")
+    transport = SshTransport(Workspace(directory).config.hosts["lab-2"], base_dir=directory)
+    wanted = {  # name: (mode, owner spec)
+        "a.crt": ("0644", "root:root"), "b.key": ("0600", "root:root"),
+        "c.crt": ("0644", "nobody:nogroup"), "d.crt": ("0640", "nobody"),
+        "e.crt": ("0644", "no-such-user:root"), "f.crt": ("0644", ""),
+        "g.key": ("0600", "nobody:nogroup"), "h.crt": ("0444", "root:root"),
+    }
+    uploads = [ssh_transport._Upload(f"{base}/{name}", f"{name}\n".encode(), mode, owner, True)
+               for name, (mode, owner) in wanted.items()]
+    commands: list[int] = []
+    carry = transport._exec_in_session
+
+    def counted(script: str, args: Any = (), **kwargs: Any) -> tuple[int, str, str]:
+        commands.append(len(args) // 7)
+        return carry(script, args, **kwargs)
+
+    transport._exec_in_session = counted  # type: ignore[method-assign]
+    try:
+        with transport._sessions:
+            transport._upload(uploads)
+    finally:
+        transport.close()
+    assert commands == [len(wanted)]
+    errors = {u.path.rpartition("/")[2]: u.error for u in uploads if u.error is not None}
+    assert list(errors) == ["e.crt"], errors
+    assert "does not exist on the host" in str(errors["e.crt"])
+    written = [f"{base}/{name}" for name in wanted if name != "e.crt"]
+    stats = remote_stats(host, written)
+    for name, (mode, owner) in wanted.items():
+        path = f"{base}/{name}"
+        if name == "e.crt":
+            assert not host.file_path(path).exists()
+            continue
+        user, _, group = owner.partition(":")  # chown USER alone leaves the group as made
+        user, group = user or "root", group or "root"
+        assert host.file_path(path).read_bytes() == f"{name}\n".encode()
+        assert stats[path][:3] == (mode.lstrip("0"), user, group), (name, stats[path])
     assert temp_files(host, base) == []
 
 
