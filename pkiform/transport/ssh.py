@@ -26,7 +26,9 @@ The only module of pkiform that imports fabric (and paramiko).
 * Restarts: one round trip runs ``systemctl restart|reload`` (a unit that is not loaded, or a
   failed job, fails at once), waits until the unit is active and, if the service has a health
   check, until the check passes — the gate, as a readiness probe is in Kubernetes — and the
-  unit is still the invocation that became active (a unit that dies meanwhile fails at once).
+  unit is still the invocation that became active (a unit that dies meanwhile fails at once:
+  its main process is looked for in /proc after every failed try, the unit asked only when
+  that process is gone).
   A unit without a health check is watched for the settle window instead (a ``Type=simple``
   unit is "active" the moment it is forked, even if it exits right away): looked at every
   ``SETTLE_POLL`` seconds and at the end of the window, it must be active and the same
@@ -276,9 +278,9 @@ _RESTART_SCRIPT = r"""
 unit=$1 verb=$2 timeout=$3 health_timeout=${4:-0} check=${5:-}
 journal() { journalctl -u "$unit" -n 15 --no-pager 2>&1 | tail -n 15; }
 look() {  # one systemctl call per look at the unit
-  LoadState= ActiveState= Type= Result= InvocationID= NRestarts=
+  LoadState= ActiveState= Type= Result= InvocationID= NRestarts= MainPID=
   props=$(systemctl show -p LoadState -p ActiveState -p Type -p Result -p InvocationID \
-    -p NRestarts -- "$unit" 2>/dev/null) || true
+    -p NRestarts -p MainPID -- "$unit" 2>/dev/null) || true
   while IFS='=' read -r key value; do
     case $key in
       LoadState) LoadState=$value ;;
@@ -287,6 +289,7 @@ look() {  # one systemctl call per look at the unit
       Result) Result=$value ;;
       InvocationID) InvocationID=$value ;;
       NRestarts) NRestarts=$value ;;
+      MainPID) MainPID=$value ;;
     esac
   done <<EOF
 $props
@@ -321,7 +324,7 @@ while :; do
   fi
   sleep 0.1
 done
-invocation=${InvocationID:--} restarts=${NRestarts:--}
+invocation=${InvocationID:--} restarts=${NRestarts:--} pid=${MainPID:-0}
 now; active=$(( t - t0 )) healthy=-
 if [ -n "$check" ]; then
   # The health check is the gate: polled briskly at first (a member that is back in 0.1 s
@@ -330,15 +333,23 @@ if [ -n "$check" ]; then
   end=$(( t + health_timeout * 100 )) tries=0
   until out=$(sh -c "$check" 2>&1); do
     tries=$(( tries + 1 ))
-    # Every third failed try (~0.15 s at first): a unit that died meanwhile fails now, not
-    # after health_timeout; not every try, as a look is a process on a busy host.
-    if [ "$invocation" != done ] && [ $(( tries % 3 )) -eq 0 ]; then
+    # A unit that died meanwhile fails now, not after health_timeout. Its main process is
+    # looked for after every failed try (in /proc: no process), the unit itself (a look is
+    # a systemctl process, on a host whose CPU the unit being waited for needs too) only
+    # when that process is gone, or every third try if it cannot be seen (no main PID, or
+    # a /proc that hides it).
+    if [ "$invocation" = done ]; then :
+    elif [ "$pid" -gt 0 ] && [ -d "/proc/$pid" ]; then :
+    elif [ "$pid" -gt 0 ] || [ $(( tries % 3 )) -eq 0 ]; then
       look
       if [ "$ActiveState" != active ] || [ "${InvocationID:--}" != "$invocation" ]; then
         echo "went down again while waiting for its health check (state=$ActiveState," \
           "NRestarts $restarts -> ${NRestarts:--})"
         journal; exit 41
       fi
+      # Still up: its main process changed (follow that one), or it is hidden from us
+      # (from now on every third try).
+      if [ "${MainPID:-0}" = "$pid" ]; then pid=0; else pid=${MainPID:-0}; fi
     fi
     now
     if [ "$t" -ge "$end" ]; then printf '%s\n' "$out" | tail -n 5; exit 42; fi

@@ -955,6 +955,17 @@ def test_restart_outcomes_seen_by_the_transport(lab: Lab, tmp_path: Path) -> Non
             transport.restart_service("pkiform-looping.service", reload=False, health=slow,
                                       timeout=10)
         assert "NRestarts" in str(excinfo.value) or "status=3" in str(excinfo.value)
+        host.run("systemctl stop pkiform-looping.service; systemctl reset-failed "
+                 "pkiform-looping.service 2>/dev/null; true")
+        # ... nor while the check still fails: the crashed main process is missed in /proc
+        # at the next try, and the unit, looked at then, is another invocation.
+        started = time.monotonic()
+        with pytest.raises(ServiceError, match="went down again while waiting for its "
+                           "health check") as excinfo:
+            transport.restart_service("pkiform-looping.service", reload=False, health=never,
+                                      timeout=10)
+        assert "status=3/NOTIMPLEMENTED" in str(excinfo.value)
+        assert time.monotonic() - started < 5
         host.run("systemctl stop pkiform-looping.service")
         # settle_seconds still applies after a passing health check (minReadySeconds)
         with pytest.raises(ServiceError, match="went down again within"):
