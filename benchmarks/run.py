@@ -451,11 +451,22 @@ def machine_busy_seconds() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_busy(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """``measure``, but (wall seconds, machine CPU seconds meanwhile, output text)."""
-    before = machine_busy_seconds()
+def machine_processes() -> int:
+    """Processes (and threads) the whole machine has created since boot (/proc/stat): on a
+    CPU-bound lab, what a deploy method makes its hosts fork and exec is most of its cost."""
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith("processes "):
+                return int(line.split()[1])
+    return 0
+
+
+def measure_busy(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float, int, str]:
+    """``measure``, but (wall seconds, machine CPU seconds meanwhile, processes the machine
+    created meanwhile, output text)."""
+    before, forked = machine_busy_seconds(), machine_processes()
     elapsed, _, text = measure(argv, env=env)
-    return elapsed, machine_busy_seconds() - before, text
+    return elapsed, machine_busy_seconds() - before, machine_processes() - forked, text
 
 
 def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str],
@@ -556,11 +567,13 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str],
         expected_restarts = sum(len(us) for us in units.values())
         pk_s, seq_s, par_s, load = [], [], [], []
         cpu: dict[str, list[float]] = {"pkiform": [], "sequential": [], "parallel_scp": []}
+        forks: dict[str, list[int]] = {name: [] for name in cpu}
         for rep in range(1, repeat + 1):
             load.append(round(os.getloadavg()[0], 2))  # a shared machine: say how busy
             drop_files()
-            elapsed, busy, text = measure_busy(redeploy, env)
+            elapsed, busy, forked, text = measure_busy(redeploy, env)
             cpu["pkiform"].append(round(busy, 2))
+            forks["pkiform"].append(forked)
             restarts = sum(1 for line in text.splitlines()
                            if line.startswith("✓") and " service." in line)
             if restarts < expected_restarts:
@@ -569,17 +582,20 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str],
             done = next((line for line in text.splitlines() if line.startswith("Apply")), "")
             pk_s.append(elapsed)
             drop_files()
-            seq, busy, _ = measure_busy(sequential, env)
+            seq, busy, forked, _ = measure_busy(sequential, env)
             seq_s.append(seq)
             cpu["sequential"].append(round(busy, 2))
+            forks["sequential"].append(forked)
             drop_files()
-            par, busy, _ = measure_busy(parallel, env)
+            par, busy, forked, _ = measure_busy(parallel, env)
             par_s.append(par)
             cpu["parallel_scp"].append(round(busy, 2))
+            forks["parallel_scp"].append(forked)
             log(f"deploy {rep}/{repeat}: pkiform {elapsed:.2f}s ({done}); sequential scp "
                 f"{seq:.2f}s; parallel scp {par:.2f}s (load average {load[-1]:.2f}; machine "
                 f"CPU s: {cpu['pkiform'][-1]}, {cpu['sequential'][-1]}, "
-                f"{cpu['parallel_scp'][-1]})")
+                f"{cpu['parallel_scp'][-1]}; processes: {forks['pkiform'][-1]}, "
+                f"{forks['sequential'][-1]}, {forks['parallel_scp'][-1]})")
         drop_files()
         timeline: dict[str, Any] | None = None
         try:
@@ -597,9 +613,12 @@ def bench_deploy(hosts: int, repeat: int, workdir: Path, env: dict[str, str],
             "parallel_scp_s": par, "speedup_vs_sequential": seq / pk,
             "over_parallel_scp": pk / par,
             "machine_cpu_s": {name: median(values) for name, values in cpu.items()},
+            "machine_processes": {name: median(values) for name, values in forks.items()},
             "samples": {"pkiform_s": pk_s, "sequential_s": seq_s, "parallel_scp_s": par_s,
                         "loadavg_1m": load,
-                        **{f"machine_cpu_{name}_s": values for name, values in cpu.items()}},
+                        **{f"machine_cpu_{name}_s": values for name, values in cpu.items()},
+                        **{f"machine_processes_{name}": values
+                           for name, values in forks.items()}},
             "timeline": timeline}
 
 
