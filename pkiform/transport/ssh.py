@@ -93,8 +93,8 @@ _WIRE_LOGGER = "pkiform.transport.ssh.wire"
 
 
 class _Sessions:
-    """The sessions of one connection, as a counter a waiter can also stop waiting on: an
-    upload that another caller took into its command needs no session of its own."""
+    """A counter (a connection's sessions, or its upload turns) that a waiter can also stop
+    waiting on: an upload that another caller took into its command needs no turn of its own."""
 
     def __init__(self, count: int) -> None:
         self._free = count
