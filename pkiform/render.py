@@ -7,6 +7,7 @@ nothing here can print one.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,16 +37,20 @@ class Style:
         return self(text, "1")
 
 
+_KIND_RANK = {kind: (index, kind) for index, kind in enumerate(KIND_ORDER)}
+
+
 def _kind_rank(change: Change) -> tuple[int, str]:
     kind = change.kind
-    return (KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER), kind)
+    rank = _KIND_RANK.get(kind)
+    return rank if rank is not None else (len(KIND_ORDER), kind)
 
 
 def summary_counts(plan: Plan) -> dict[str, int]:
     counts = {"create": 0, "update": 0, "replace": 0, "delete": 0, "restart": 0}
-    for change in plan.changes:
-        if change.action is not Action.NOOP:
-            counts[change.action.value] += 1
+    for action, number in Counter(change.action for change in plan.changes).items():
+        if action is not Action.NOOP:
+            counts[action.value] += number
     return counts
 
 
@@ -57,19 +62,36 @@ def summary_line(plan: Plan) -> str:
 
 
 def render_change(change: Change, style: Style) -> list[str]:
-    symbol, _word, code = SYMBOLS[change.action]
+    lines: list[str] = []
+    _render_change_into(lines, change, style)
+    return lines
+
+
+_HEADS = {action: f"  {symbol.rjust(3)} " for action, (symbol, _w, _c) in SYMBOLS.items()}
+
+
+def _render_change_into(lines: list[str], change: Change, style: Style) -> None:
+    """``render_change``, appended to ``lines`` (65,000 changes in a CA rotation at 5,000
+    nodes: one call and no intermediate list per change, no style call per piece)."""
+    action = change.action
     if style.color:
+        symbol, _word, code = SYMBOLS[action]
         head = f"  {style(symbol.rjust(3), code)} {style(str(change.address), '1')}"
         dot = style("·", "2")
-    else:  # the same text without a style call per piece (65,000 changes in a CA rotation)
-        head = f"  {symbol.rjust(3)} {change.address}"
+        if change.summary:
+            head += f"  {style(change.summary, '2')}"
+    else:
+        head = _HEADS[action] + str(change.address)
         dot = "·"
-    if change.summary:
-        head += f"  {style(change.summary, '2')}"
-    if change.rolling and change.action is Action.RESTART:
+        if change.summary:
+            head += "  " + change.summary
+    if change.rolling and action is Action.RESTART:
         width = "one host" if change.rolling_width == 1 else f"{change.rolling_width} hosts"
         head += f"  {style(f'(rolling: {width} at a time)', '2')}"
-    return [head, *(f"        {dot} {reason}" for reason in change.reasons)]
+    lines.append(head)
+    if change.reasons:
+        prefix = f"        {dot} "
+        lines.extend([prefix + reason for reason in change.reasons])
 
 
 def render_plan(plan: Plan, *, color: bool = False, proof: Any = None) -> str:
@@ -87,9 +109,12 @@ def render_plan(plan: Plan, *, color: bool = False, proof: Any = None) -> str:
     for note in plan.notes:
         lines.append(style(f"! {note}", "33"))
     multi = len(plan.phases) > 1
+    by_phase: dict[str, list[Change]] = {phase.name: [] for phase in plan.phases}
+    for change in plan.changes:
+        if change.action is not Action.NOOP and change.phase in by_phase:
+            by_phase[change.phase].append(change)
     for number, phase in enumerate(plan.phases, start=1):
-        changes = [c for c in plan.changes if c.phase == phase.name
-                   and c.action is not Action.NOOP]
+        changes = by_phase[phase.name]
         lines.append("")
         if multi:
             lines.append(style(f"Phase {number}/{len(plan.phases)}: {phase.name} — "
@@ -98,11 +123,11 @@ def render_plan(plan: Plan, *, color: bool = False, proof: Any = None) -> str:
         others = sorted((c for c in changes if c.action is not Action.RESTART),
                         key=lambda c: (_kind_rank(c), c.address.sort_key))
         for change in others:
-            lines.extend(render_change(change, style))
+            _render_change_into(lines, change, style)
         if restarts:
             lines.append(f"  {style('then restart', '36')} ({len(restarts)}):")
             for change in restarts:
-                lines.extend(render_change(change, style))
+                _render_change_into(lines, change, style)
         if phase.outside:
             lines.append(style("  After this phase, outside pkiform:", "33"))
             for note in phase.outside:
