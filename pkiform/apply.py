@@ -576,7 +576,7 @@ class Applier:
                 if waiting[j] == 0 and not settled[j]:
                     heapq.heappush(ready, (priority[j], j))
 
-        def launch(i: int) -> None:
+        def launch(i: int, inline_step: bool = False) -> None:
             nonlocal running
             change = ordered[i]
             if change.action is Action.DELETE:
@@ -592,7 +592,7 @@ class Applier:
                 self._synced = self._appended
             self.emit(Event("start", "", change, phase))
             began = time.monotonic()
-            if pool is None or runs_inline(change):
+            if pool is None or inline_step:
                 try:
                     outcome = self._run(change)
                 except Exception as exc:
@@ -656,7 +656,7 @@ class Applier:
                             continue
                     change = ordered[i]
                     if pool is not None and runs_inline(change):
-                        launch(i)  # done when it returns: no slot, no host cap to hold
+                        launch(i, inline_step=True)  # done on return: no slot, no host cap
                         if running:  # and what worker threads finished meanwhile goes on
                             take_notices(block=False)
                         continue

@@ -56,6 +56,13 @@ def vendor_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     sys.modules.pop("vendor_kinds", None)
 
 
+@pytest.fixture
+def fresh_default_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pkiform.workspace as workspace
+
+    monkeypatch.setattr(workspace, "_registry", None)  # built again, seeing vendor_site
+
+
 def test_a_third_party_kind_is_found_only_when_asked_for(vendor_site: Path) -> None:
     _vendor_distribution(vendor_site, "vendor-keypair = vendor_kinds:VendorKeypair\n"
                                       "ca = vendor_kinds:ShadowCa\n")
@@ -69,47 +76,42 @@ def test_a_third_party_kind_is_found_only_when_asked_for(vendor_site: Path) -> N
     assert len(sys.modules["vendor_kinds"].LOADED) == 1  # discovered once
 
 
-def test_a_config_can_use_a_third_party_kind(vendor_site: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("fresh_default_registry")
+def test_a_config_can_use_a_third_party_kind(vendor_site: Path, tmp_path: Path) -> None:
     _vendor_distribution(vendor_site, "vendor-keypair = vendor_kinds:VendorKeypair\n")
-    import pkiform.workspace as workspace
-
-    monkeypatch.setattr(workspace, "_registry", None)  # a fresh default registry
     cluster = tmp_path / "cluster"
     cluster.mkdir()
     (cluster / "pkiform.toml").write_text('[vendor-keypair.signing]\nkey = "ecdsa-p256"\n')
     result = run_cli("-C", str(cluster), "validate")
     assert result.code == 0, result.err
     assert "1 resources" in result.out
-    monkeypatch.setattr(workspace, "_registry", None)
 
 
-def test_an_unknown_kind_names_every_kind_there_is(vendor_site: Path) -> None:
-    _vendor_distribution(vendor_site, "vendor-keypair = vendor_kinds:VendorKeypair\n")
+@pytest.mark.parametrize(("provider", "asked", "message", "hint_names"), [
+    # an unknown kind: the hint names every kind there is, third-party ones too
+    ("VendorKeypair", "certificate", "unknown resource kind 'certificate'",
+     ("vendor-keypair", "cert")),
+    # an entry point named after a kind its provider does not implement
+    ("Misnamed", "vendor-keypair", "gives a provider of kind 'something-else'", ()),
+])
+def test_a_kind_the_registry_cannot_give_is_a_clear_error(
+        vendor_site: Path, provider: str, asked: str, message: str,
+        hint_names: tuple[str, ...]) -> None:
+    _vendor_distribution(vendor_site, f"vendor-keypair = vendor_kinds:{provider}\n")
     registry = Registry.with_entry_points(builtin_providers)
     with pytest.raises(ConfigError) as caught:
-        registry["certificate"]
-    assert "unknown resource kind 'certificate'" in str(caught.value)
-    assert "vendor-keypair" in (caught.value.hint or "") and "cert" in (caught.value.hint or "")
+        registry[asked]
+    assert message in str(caught.value)
+    assert all(name in (caught.value.hint or "") for name in hint_names)
 
 
-def test_an_entry_point_named_after_another_kind_is_refused(vendor_site: Path) -> None:
-    _vendor_distribution(vendor_site, "vendor-keypair = vendor_kinds:Misnamed\n")
-    registry = Registry.with_entry_points(builtin_providers)
-    with pytest.raises(ConfigError) as caught:
-        registry["vendor-keypair"]
-    assert "gives a provider of kind 'something-else'" in str(caught.value)
-
-
-def test_loading_a_config_of_built_in_kinds_reads_no_entry_points(
-        vendor_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("fresh_default_registry")
+def test_loading_a_config_of_built_in_kinds_reads_no_entry_points(vendor_site: Path) -> None:
     _vendor_distribution(vendor_site, "vendor-keypair = vendor_kinds:VendorKeypair\n")
     import pkiform.workspace as workspace
     from tests.conftest import EXAMPLES
 
-    monkeypatch.setattr(workspace, "_registry", None)
     ws = workspace.Workspace(EXAMPLES / "kubeadm")
     assert len(ws.config.resources) > 100
     assert ws.registry._discover is not None  # never needed
     assert "vendor_kinds" not in sys.modules
-    monkeypatch.setattr(workspace, "_registry", None)
