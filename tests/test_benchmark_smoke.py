@@ -35,16 +35,31 @@ ROW_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory, workdir: Path) -> dict:
     env = dict(os.environ)
     env["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("bench-xdg"))
+    # Two repetitions: the second apply must start from an empty cluster again.
     result = subprocess.run(
-        [sys.executable, str(RUN), "--nodes", "10", "--repeat", "1", "--json",
-         "--workdir", str(tmp_path_factory.mktemp("bench"))],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False,
+        [sys.executable, str(RUN), "--nodes", "10", "--repeat", "2", "--json",
+         "--workdir", str(workdir)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT, check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout)
+
+
+def test_repetitions_leave_nothing_behind(report: dict, workdir: Path) -> None:
+    """Each repetition's state and files are moved aside (not deleted right before the next
+    apply, see benchmarks/run.py `clean`) and removed when the run is over."""
+    assert report["rows"][0]["repeat"]["apply"] == 2
+    assert not (workdir / "spent").exists()
+    cluster = workdir / "n10-rsa-2048"
+    assert not (cluster / "state").exists() and not (cluster / "target").exists()
 
 
 def test_document_shape(report: dict) -> None:
