@@ -123,14 +123,14 @@ class CertProvider:
                 spec["validity_days"], issuer_cert, ctx.now, str(signer)),
         )
         issuer_key = ctx.value(Ref(signer, "key"))
-        cert = x509.issue_certificate(cert_request, key_pem, issuer_cert, issuer_key, ctx.now)
-        info = x509.describe_certificate(cert)
+        # The signer's facts come with the certificate: no parse of what was just built.
+        issued = x509.sign_certificate(cert_request, key_pem, issuer_cert, issuer_key, ctx.now)
         outputs = {
-            "cert": cert.decode(),
+            "cert": issued.pem.decode(),
             "intermediates": list(_intermediates(ctx.value(Ref(signer, "chain")))),
-            "not_after": common.format_time(info.not_after),
-            "fingerprint": info.fingerprint_sha256,
-            "serial": format(info.serial_number, "x"),
+            "not_after": common.format_time(issued.not_after),
+            "fingerprint": issued.fingerprint_sha256,
+            "serial": format(issued.serial_number, "x"),
             "signer": str(signer),
             "signer_fingerprint": x509.describe_certificate(issuer_cert).fingerprint_sha256,
         }
@@ -138,7 +138,7 @@ class CertProvider:
         digests = {name: common.digest(self.output_value(outputs, secrets, name))
                    for name in self.outputs}
         return ResourceResult(outputs, secrets, digests,
-                              f"expires {info.not_after:%Y-%m-%d}")
+                              f"expires {issued.not_after:%Y-%m-%d}")
 
     def output_value(self, outputs: Mapping[str, Any], secrets: Mapping[str, str],
                      name: str) -> bytes:

@@ -7,10 +7,12 @@ diffed and stored in state, and keygen can run in a process pool.
 from pkiform.pki.certs import (
     CertificateInfo,
     CertificateRequest,
+    IssuedCertificate,
     certificate_matches_key,
     describe_certificate,
     issue_certificate,
     join_pem_bundle,
+    sign_certificate,
     split_pem_bundle,
 )
 from pkiform.pki.keys import (
@@ -27,6 +29,7 @@ __all__ = [
     "KEY_ALGORITHMS",
     "CertificateInfo",
     "CertificateRequest",
+    "IssuedCertificate",
     "certificate_matches_key",
     "describe_certificate",
     "generate_private_key_pem",
@@ -37,6 +40,7 @@ __all__ = [
     "public_key_pem",
     "render_encryption_config",
     "render_kubeconfig",
+    "sign_certificate",
     "split_pem_bundle",
     "verify_client_chain",
     "verify_server_chain",

@@ -314,6 +314,30 @@ def get_extension(cert: x509.Certificate, ext_type: type[Any]) -> Any:
         return None
 
 
+@attrs.frozen
+class IssuedCertificate:
+    """A certificate just signed, with the facts its issuer already knows (so the caller need
+    not parse it back: an RSA apply signs one per node)."""
+
+    pem: bytes
+    serial_number: int
+    not_after: datetime
+    fingerprint_sha256: str
+
+
+@attrs.frozen(eq=False)
+class _Issuer:
+    """What signing with one CA needs, checked once per (certificate, key) pair."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+    common_name: str
+    name: x509.Name
+    authority_key_id: x509.AuthorityKeyIdentifier
+    path_length: int | None
+    not_after: datetime
+
+
 def issue_certificate(
     request: CertificateRequest,
     subject_private_key_pem: bytes,
@@ -322,18 +346,30 @@ def issue_certificate(
     not_before: datetime,
     serial_number: int | None = None,
 ) -> bytes:
-    """Sign a certificate for ``request`` and return its PEM.
+    """Sign a certificate for ``request`` and return its PEM (see `sign_certificate`)."""
+    return sign_certificate(request, subject_private_key_pem, issuer_cert_pem,
+                            issuer_private_key_pem, not_before, serial_number).pem
+
+
+def sign_certificate(
+    request: CertificateRequest,
+    subject_private_key_pem: bytes,
+    issuer_cert_pem: bytes | None,
+    issuer_private_key_pem: bytes,
+    not_before: datetime,
+    serial_number: int | None = None,
+) -> IssuedCertificate:
+    """Sign a certificate for ``request``: its PEM, serial, end and SHA-256 fingerprint.
 
     ``issuer_cert_pem`` None makes a self-signed root; the issuer key must then be the subject
     key. The validity never extends past the issuer's (raises rather than clamping: callers
     validate lifetimes at plan time and a silently shorter cert would surprise them).
     """
     subject_key = load_private_key(subject_private_key_pem)
-    issuer_key = load_private_key(issuer_private_key_pem)
+    subject_public = subject_key.public_key()
     # X.509 times have whole seconds; truncating here keeps not_after exactly validity_days later.
     start = as_utc(not_before, "not_before").replace(microsecond=0)
     end = start + timedelta(days=request.validity_days)
-    subject_spki = _spki_der(subject_key.public_key())
 
     if serial_number is None:
         # Force the top bit so every serial is exactly 159 bits (20 DER octets, positive).
@@ -348,7 +384,8 @@ def issue_certificate(
     issuer_name: x509.Name
     aki: x509.AuthorityKeyIdentifier
     if issuer_cert_pem is None:
-        if _spki_der(issuer_key.public_key()) != subject_spki:
+        issuer_key = load_private_key(issuer_private_key_pem)
+        if _spki_der(issuer_key.public_key()) != _spki_der(subject_public):
             raise PkiError(
                 f"self-signed {request.common_name!r}: issuer key must be the subject key"
             )
@@ -356,25 +393,21 @@ def issue_certificate(
             # Our verifier (and RFC 5280) only accept CA certificates as trust anchors.
             raise PkiError(f"self-signed {request.common_name!r} must be a CA (is_ca=True)")
         issuer_name = _subject(request)
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(subject_key.public_key())
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(subject_public)
     else:
-        issuer_cert = load_certificate(issuer_cert_pem)
-        _check_issuer(issuer_cert, issuer_key, request, end)
-        issuer_name = issuer_cert.subject
-        issuer_ski = get_extension(issuer_cert, x509.SubjectKeyIdentifier)
-        # Reuse the issuer's own SKI so AKI matches it byte for byte even if the issuer was
-        # made by another tool with a different key-id method.
-        aki = (
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
-            if issuer_ski is not None
-            else x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
-        )
+        if not isinstance(issuer_cert_pem, (bytes, bytearray)):
+            load_certificate(issuer_cert_pem)  # raises the clear PkiError
+        if not isinstance(issuer_private_key_pem, (bytes, bytearray)):
+            load_private_key(issuer_private_key_pem)  # likewise
+        issuer = _issuer(bytes(issuer_cert_pem), bytes(issuer_private_key_pem))
+        _check_request_against(issuer, request, end)
+        issuer_key, issuer_name, aki = issuer.key, issuer.name, issuer.authority_key_id
 
     builder = (
         x509.CertificateBuilder()
         .subject_name(_subject(request))
         .issuer_name(issuer_name)
-        .public_key(subject_key.public_key())
+        .public_key(subject_public)
         .serial_number(serial_number)
         .not_valid_before(start)
         .not_valid_after(end)
@@ -398,18 +431,19 @@ def issue_certificate(
         general_names += [x509.IPAddress(validate_ip_address(ip)) for ip in request.ip_addresses]
         builder = builder.add_extension(x509.SubjectAlternativeName(general_names), critical=False)
     builder = builder.add_extension(
-        x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()), critical=False
+        x509.SubjectKeyIdentifier.from_public_key(subject_public), critical=False
     ).add_extension(aki, critical=False)
     cert = builder.sign(issuer_key, _signature_hash(issuer_key))
-    return certificate_pem(cert)
+    return IssuedCertificate(certificate_pem(cert), serial_number, end,
+                             cert.fingerprint(hashes.SHA256()).hex())
 
 
-def _check_issuer(
-    issuer_cert: x509.Certificate,
-    issuer_key: PrivateKey,
-    request: CertificateRequest,
-    end: datetime,
-) -> None:
+@functools.lru_cache(maxsize=64)
+def _issuer(issuer_cert_pem: bytes, issuer_private_key_pem: bytes) -> _Issuer:
+    """The issuer's checks that do not depend on what it signs, once per CA (an apply signs
+    thousands of leaves with the same few; a failed check is raised, never cached)."""
+    issuer_cert = load_certificate(issuer_cert_pem)
+    issuer_key = load_private_key(issuer_private_key_pem)
     issuer_cn = _common_name(issuer_cert.subject)
     if _spki_der(issuer_cert.public_key()) != _spki_der(issuer_key.public_key()):
         raise PkiError(f"issuer key does not match issuer certificate {issuer_cn!r}")
@@ -419,15 +453,28 @@ def _check_issuer(
     usage = get_extension(issuer_cert, x509.KeyUsage)
     if usage is not None and not usage.key_cert_sign:
         raise PkiError(f"issuer {issuer_cn!r} lacks key usage cert_sign")
-    if request.is_ca and constraints.path_length == 0:
+    issuer_ski = get_extension(issuer_cert, x509.SubjectKeyIdentifier)
+    # Reuse the issuer's own SKI so AKI matches it byte for byte even if the issuer was
+    # made by another tool with a different key-id method.
+    aki = (
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
+        if issuer_ski is not None
+        else x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
+    )
+    return _Issuer(issuer_cert, issuer_key, issuer_cn, issuer_cert.subject, aki,
+                   constraints.path_length, issuer_cert.not_valid_after_utc)
+
+
+def _check_request_against(issuer: _Issuer, request: CertificateRequest, end: datetime) -> None:
+    if request.is_ca and issuer.path_length == 0:
         raise PkiError(
-            f"issuer {issuer_cn!r} has path_length 0 and cannot sign CA {request.common_name!r}"
+            f"issuer {issuer.common_name!r} has path_length 0 and cannot sign CA "
+            f"{request.common_name!r}"
         )
-    issuer_end = issuer_cert.not_valid_after_utc
-    if end > issuer_end:
+    if end > issuer.not_after:
         raise PkiError(
             f"validity of {request.common_name!r} exceeds signer's: ends {end.isoformat()}, "
-            f"signer {issuer_cn!r} ends {issuer_end.isoformat()}",
+            f"signer {issuer.common_name!r} ends {issuer.not_after.isoformat()}",
             hint="shorten validity_days or renew the CA first",
         )
 

@@ -26,6 +26,7 @@ from pkiform.pki import (
     key_algorithm_of,
     load_private_key,
     public_key_pem,
+    sign_certificate,
     split_pem_bundle,
 )
 from pkiform.pki.certs import DEFAULT_CA_KEY_USAGES
@@ -386,6 +387,38 @@ def test_issuer_must_be_a_matching_ca(p256: Chain) -> None:
         issue_certificate(LEAF_REQ, p256.inter_key, p256.leaf, p256.leaf_key, NOW)
     with pytest.raises(PkiError, match="path_length 0"):
         issue_certificate(INTER_REQ, p256.leaf_key, p256.inter, p256.inter_key, NOW)
+
+
+def test_signed_facts_are_the_certificates_own(p256: Chain) -> None:
+    """sign_certificate's serial, end and fingerprint (what the cert provider records instead
+    of parsing the new certificate back) are exactly what the certificate says."""
+    issued = sign_certificate(LEAF_REQ, p256.leaf_key, p256.inter, p256.inter_key, NOW)
+    info = describe_certificate(issued.pem)
+    parsed = x509.load_pem_x509_certificate(issued.pem)
+    assert issued.serial_number == info.serial_number == parsed.serial_number
+    assert issued.not_after == info.not_after == parsed.not_valid_after_utc
+    assert issued.fingerprint_sha256 == parsed.fingerprint(hashes.SHA256()).hex()
+    again = issue_certificate(
+        LEAF_REQ, p256.leaf_key, p256.inter, p256.inter_key, NOW, issued.serial_number)
+    # The same certificate but for the (randomized ECDSA) signature.
+    assert x509.load_pem_x509_certificate(again).tbs_certificate_bytes == \
+        parsed.tbs_certificate_bytes
+
+
+def test_issuer_checked_once_still_refuses_per_request(p256: Chain) -> None:
+    """The issuer's own checks are remembered per CA; what depends on the request (validity,
+    a CA under path_length 0) is checked on every signature, after a success too."""
+    issue_certificate(LEAF_REQ, p256.leaf_key, p256.inter, p256.inter_key, NOW)
+    with pytest.raises(PkiError, match="exceeds signer's"):
+        issue_certificate(attrs.evolve(LEAF_REQ, validity_days=1826), p256.leaf_key,
+                          p256.inter, p256.inter_key, NOW)
+    with pytest.raises(PkiError, match="path_length 0"):
+        issue_certificate(INTER_REQ, p256.leaf_key, p256.inter, p256.inter_key, NOW)
+    with pytest.raises(PkiError, match="does not match issuer certificate"):
+        issue_certificate(LEAF_REQ, p256.leaf_key, p256.inter, p256.root_key, NOW)
+    with pytest.raises(PkiError, match="certificate PEM must be bytes"):
+        issue_certificate(LEAF_REQ, p256.leaf_key, p256.inter.decode(),  # type: ignore[arg-type]
+                          p256.inter_key, NOW)
 
 
 def test_naive_not_before_is_refused(p256: Chain) -> None:
