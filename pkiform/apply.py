@@ -108,7 +108,9 @@ def _generate_key(algorithm: str) -> bytes:
 
 
 def _warm_up() -> None:
-    import pkiform.pki.keys  # noqa: F401  (the first key does not pay for the import)
+    # Starts the workers; the first key does not pay for the import (already there when the
+    # parent imported it before forking, as `KeySource` does).
+    import pkiform.pki.keys  # noqa: F401
 
 
 def _fork_context() -> Any:
@@ -149,6 +151,9 @@ class KeySource:
     def _start(self) -> None:
         if self._pool is not None or self._closed or self._workers <= 1:
             return
+        # Imported before the fork, so every worker starts with it (this process signs with
+        # it anyway): workers that each import it compete with this process's config load.
+        import pkiform.pki.keys  # noqa: F401
         self._pool = cf.ProcessPoolExecutor(max_workers=self._workers,
                                             mp_context=_fork_context(),
                                             initializer=die_with_parent,
