@@ -314,6 +314,12 @@ def get_extension(cert: x509.Certificate, ext_type: type[Any]) -> Any:
         return None
 
 
+def exact_bytes(pem: bytes) -> bytes:
+    """``pem`` as a cache key (bytearray is not hashable); anything else not bytes is passed
+    on, to be refused with a clear error by whatever parses it."""
+    return bytes(pem) if isinstance(pem, bytearray) else pem
+
+
 @attrs.frozen
 class IssuedCertificate:
     """A certificate just signed, with the facts its issuer already knows (so the caller need
@@ -329,7 +335,6 @@ class IssuedCertificate:
 class _Issuer:
     """What signing with one CA needs, checked once per (certificate, key) pair."""
 
-    cert: x509.Certificate
     key: PrivateKey
     common_name: str
     name: x509.Name
@@ -395,11 +400,7 @@ def sign_certificate(
         issuer_name = _subject(request)
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(subject_public)
     else:
-        if not isinstance(issuer_cert_pem, (bytes, bytearray)):
-            load_certificate(issuer_cert_pem)  # raises the clear PkiError
-        if not isinstance(issuer_private_key_pem, (bytes, bytearray)):
-            load_private_key(issuer_private_key_pem)  # likewise
-        issuer = _issuer(bytes(issuer_cert_pem), bytes(issuer_private_key_pem))
+        issuer = _issuer(exact_bytes(issuer_cert_pem), exact_bytes(issuer_private_key_pem))
         _check_request_against(issuer, request, end)
         issuer_key, issuer_name, aki = issuer.key, issuer.name, issuer.authority_key_id
 
@@ -461,7 +462,7 @@ def _issuer(issuer_cert_pem: bytes, issuer_private_key_pem: bytes) -> _Issuer:
         if issuer_ski is not None
         else x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
     )
-    return _Issuer(issuer_cert, issuer_key, issuer_cn, issuer_cert.subject, aki,
+    return _Issuer(issuer_key, issuer_cn, issuer_cert.subject, aki,
                    constraints.path_length, issuer_cert.not_valid_after_utc)
 
 

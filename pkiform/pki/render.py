@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from pkiform.errors import PkiError
-from pkiform.pki.certs import certificate_matches_key, load_certificates, split_pem_bundle
+from pkiform.pki.certs import (
+    certificate_matches_key,
+    exact_bytes,
+    load_certificates,
+    split_pem_bundle,
+)
 
 ENCRYPTION_PROVIDERS: tuple[str, ...] = ("aescbc", "secretbox", "aesgcm")
 # kube-apiserver's accepted key lengths per provider (apiserver config validation).
@@ -112,9 +117,9 @@ def render_kubeconfig(
         raise PkiError(f"server must be an http(s) URL like https://10.0.0.1:6443, got {server!r}")
     if namespace is not None:
         _require_name(namespace, "namespace")
-    if not _holds_certificates(_exact(ca_bundle_pem)):
+    if not _holds_certificates(exact_bytes(ca_bundle_pem)):
         raise PkiError("ca_bundle_pem contains no certificate")
-    client_pair = _client_pair(_exact(client_cert_pem), _exact(client_key_pem))
+    client_pair = _client_pair(exact_bytes(client_cert_pem), exact_bytes(client_key_pem))
     if client_pair is None:
         raise PkiError("client_cert_pem contains no certificate")
     if not client_pair:
@@ -147,11 +152,6 @@ def render_kubeconfig(
         f"    client-key-data: {_b64(client_key_pem)}",
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def _exact(pem: bytes) -> bytes:
-    # A cache key (bytearray is not hashable); anything else not bytes is refused inside.
-    return bytes(pem) if isinstance(pem, bytearray) else pem
 
 
 # The checks are memoized on the exact bytes: an apply renders each kubeconfig twice (its
