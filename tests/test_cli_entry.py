@@ -4,12 +4,11 @@ it printed must still arrive whole, with main's exit code, through a pipe and a 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import EXAMPLES
+from tests.conftest import copy_example
 
 
 def _env() -> dict[str, str]:
@@ -26,8 +25,7 @@ def _pkiform(directory: Path, *args: str, **kwargs: object) -> subprocess.Comple
 
 
 def test_output_arrives_whole_and_exit_code_is_mains(tmp_path: Path) -> None:
-    work = tmp_path / "kubeadm"
-    shutil.copytree(EXAMPLES / "kubeadm", work)
+    work = copy_example("kubeadm", tmp_path)
     planned = _pkiform(work, "plan", "--detailed-exitcode", capture_output=True)
     assert planned.returncode == 2, planned.stderr
     # The last line is written last: a lost buffer would cut the summary off.
@@ -56,8 +54,7 @@ def test_errors_exit_1_with_their_message(tmp_path: Path) -> None:
 
 
 def test_a_closed_pipe_is_not_an_error_report(tmp_path: Path) -> None:
-    work = tmp_path / "kubeadm"
-    shutil.copytree(EXAMPLES / "kubeadm", work)
+    work = copy_example("kubeadm", tmp_path)
     # `pkiform plan | head -1`: the reader goes away; no traceback about the flush.
     env = _env()
     pipeline = subprocess.run(
